@@ -1,0 +1,26 @@
+# Every target creates .venv and installs what it needs on a fresh machine.
+PY      := .venv/bin/python
+PIP     := $(PY) -m pip install --quiet -c constraints.txt
+STAMP   := .venv/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, so nothing else can pull a CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m onefit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/nested_vs_individual.py
+
+clean:
+	rm -rf .venv runs .pytest_cache

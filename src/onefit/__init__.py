@@ -1,0 +1,38 @@
+"""onefit: one trained network, a family of nested sub-models, the one that fits.
+
+Public names only. Heavy optional dependencies (onnx, transformers, ...) are imported where used.
+"""
+
+from onefit.checkpoint import CheckpointError, load
+from onefit.cost import costs, count_macs, count_params
+from onefit.family import ElasticConfig, Family, elasticize
+from onefit.importance import L1Importance, sort_
+from onefit.select import BudgetError, largest_within
+from onefit.space import Arch, ArchError, Dimension, Space
+from onefit.train import SandwichSampler, SortedNetConfig, SortedNetRecipe, recalibrate_bn, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Arch",
+    "ArchError",
+    "BudgetError",
+    "CheckpointError",
+    "Dimension",
+    "ElasticConfig",
+    "Family",
+    "L1Importance",
+    "SandwichSampler",
+    "SortedNetConfig",
+    "SortedNetRecipe",
+    "Space",
+    "costs",
+    "count_macs",
+    "count_params",
+    "elasticize",
+    "largest_within",
+    "load",
+    "recalibrate_bn",
+    "sort_",
+    "train",
+]

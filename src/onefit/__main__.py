@@ -1,0 +1,3 @@
+from onefit.cli import app
+
+app(prog_name="onefit")

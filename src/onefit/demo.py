@@ -1,0 +1,122 @@
+"""The whole flow on scikit-learn's bundled digits: train a ResNet, turn it into a family, train
+the family with SortedNet, and tabulate sub-models from smallest to largest."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from onefit.checkpoint import _atomic_write
+from onefit.cost import costs, measure_latency
+from onefit.data import digits
+from onefit.family import elasticize
+from onefit.importance import sort_
+from onefit.select import largest_within
+from onefit.train import SortedNetConfig, SortedNetRecipe, evaluate, recalibrate_bn, train
+from onefit.zoo import build
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    pretrain_epochs: int = 10  # plain training of the full model before it becomes a family
+    family_epochs: int = 20  # SortedNet epochs over the family
+    rows: int = 10  # sub-models in the table, spread over the nested chain
+    seed: int = 0
+    lr: float = 3e-3
+
+
+def pretrain(model: torch.nn.Module, data, epochs: int, lr: float, progress: bool = True) -> torch.nn.Module:
+    """Ordinary training of one model (the baseline every family is compared with)."""
+    from onefit.train.loop import _progress
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    with _progress(progress) as bar:
+        task = bar.add_task("training full model", total=epochs * len(data))
+        for _ in range(epochs):
+            for x, y in data:
+                optimizer.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+                bar.update(task, advance=1)
+    return model.eval()
+
+
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced from first to last."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
+def summarize(family, arch: dict) -> str:
+    depths = [str(v) for k, v in arch.items() if k.startswith("depth:")]
+    fractions = [v / family.space[k].choices[-1] for k, v in arch.items() if k.startswith("width:")]
+    width = 100 * sum(fractions) / max(len(fractions), 1)
+    return f"d {'+'.join(depths) or '-'} · w {width:.0f}%"
+
+
+def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True) -> dict:
+    config = config or DemoConfig()
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    train_data, test_data = digits(batch_size=64, seed=config.seed)
+    model, source = build("resnet", in_channels=1, widths=[32, 64], blocks=[3, 3], classes=10)
+    example = next(iter(test_data))[0][:1]
+
+    pretrain(model, train_data, config.pretrain_epochs, config.lr, progress)
+    full_accuracy = evaluate(model, test_data)
+    family = sort_(elasticize(model, (example,)))
+    family.source = source
+    recipe = SortedNetRecipe(SortedNetConfig(seed=config.seed))
+    optimizer = torch.optim.Adam(family.parameters(), lr=config.lr)
+    train(family, train_data, recipe, epochs=config.family_epochs, optimizer=optimizer,
+          checkpoint=out / "family", progress=progress)
+
+    rows = []
+    for arch in spread(family.space.nested_chain(), config.rows):
+        sub = recalibrate_bn(family.extract(arch), train_data)
+        rows.append({
+            "arch": arch,
+            "summary": summarize(family, arch),
+            **costs(family, arch),
+            "accuracy": evaluate(sub, test_data),
+            "latency_b1": measure_latency(sub, example),
+        })
+    budget = rows[len(rows) // 2]["params"]
+    pick = largest_within(family, params=budget)
+    result = {
+        "config": asdict(config),
+        "space_size": family.space.size,
+        "full_model_accuracy": full_accuracy,
+        "rows": rows,
+        "largest_within_params": {"budget": budget, "arch": pick, "summary": summarize(family, pick)},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    _atomic_write(out / "config.json", json.dumps(asdict(config), indent=1).encode())
+    _atomic_write(out / "table.json", json.dumps(result, indent=1).encode())
+    return result
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"digits ResNet family: {result['space_size']:,} sub-models, {len(result['rows'])} shown")
+    for col in ("#", "sub-model", "params", "MACs", "test acc %", "latency b=1 (ms, median)"):
+        table.add_column(col, justify="left" if col == "sub-model" else "right")
+    for i, row in enumerate(result["rows"]):
+        lat = row["latency_b1"]
+        table.add_row(str(i), row["summary"], f"{row['params']:,}", f"{row['macs']:,}", f"{row['accuracy']:.1f}",
+                      f"{lat['median_ms']:.3f} (p90 {lat['p90_ms']:.3f})")
+    console = Console()
+    console.print(table)
+    console.print(f"full model trained alone: {result['full_model_accuracy']:.1f}% test accuracy")
+    pick = result["largest_within_params"]
+    console.print(f"largest nested sub-model within {pick['budget']:,} params: {pick['summary']} "
+                  f"(full arch in table.json)")
+    console.print(f"demo took {result['seconds']} s")

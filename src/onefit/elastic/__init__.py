@@ -1,0 +1,22 @@
+"""Elastic layers: each holds the largest weights and computes with a prefix of its units.
+
+Only a layer that *produces* channels is told its active output width (``active_out``); every
+layer reads its active input width from the tensor it receives, so a width set on a producer
+flows through norms, depthwise convolutions and consumers without further bookkeeping.
+"""
+
+from onefit.elastic.conv import ElasticConv
+from onefit.elastic.depth import ElasticSequential
+from onefit.elastic.linear import ElasticLinear
+from onefit.elastic.norm import ElasticBatchNorm, ElasticLayerNorm
+from onefit.elastic.registry import elastic_type_for, to_elastic
+
+__all__ = [
+    "ElasticBatchNorm",
+    "ElasticConv",
+    "ElasticLayerNorm",
+    "ElasticLinear",
+    "ElasticSequential",
+    "elastic_type_for",
+    "to_elastic",
+]

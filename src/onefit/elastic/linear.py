@@ -1,0 +1,42 @@
+"""Elastic ``nn.Linear``: the first ``active_out`` outputs, as many inputs as the tensor brings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onefit.elastic.registry import register
+
+
+@register(nn.Linear)
+class ElasticLinear(nn.Linear):
+    active_out: int | None = None  # None: all outputs
+
+    @classmethod
+    def from_plain(cls, plain: nn.Linear) -> "ElasticLinear":
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = plain.in_features, plain.out_features
+        layer.weight, layer.bias = plain.weight, plain.bias
+        layer.active_out = None
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_in = x.shape[-1]
+        if n_in > self.in_features:
+            raise ValueError(f"ElasticLinear got {n_in} input features, holds only {self.in_features}")
+        out = self.out_features if self.active_out is None else self.active_out
+        bias = None if self.bias is None else self.bias[:out]
+        return F.linear(x, self.weight[:out, :n_in], bias)
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.Linear:
+        plain = nn.Linear(in_size, out_size, bias=self.bias is not None)
+        with torch.no_grad():
+            plain.weight.copy_(self.weight[:out_size, :in_size])
+            if self.bias is not None:
+                plain.bias.copy_(self.bias[:out_size])
+        return plain.to(self.weight.device, self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, active_out={self.active_out}"

@@ -1,0 +1,98 @@
+"""Elastic BatchNorm1d/2d and LayerNorm (over the last dimension): they normalise the channels
+that arrive, with the matching prefix of their affine weights and running statistics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onefit.elastic.registry import register
+
+
+@register(nn.BatchNorm1d, nn.BatchNorm2d)
+class ElasticBatchNorm(nn.modules.batchnorm._BatchNorm):
+    @classmethod
+    def from_plain(cls, plain: nn.modules.batchnorm._BatchNorm) -> "ElasticBatchNorm":
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        for attr in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+            setattr(layer, attr, getattr(plain, attr))
+        layer.weight, layer.bias = plain.weight, plain.bias
+        for buf in ("running_mean", "running_var", "num_batches_tracked"):
+            layer.register_buffer(buf, getattr(plain, buf))
+        layer.plain_type = type(plain)
+        return layer
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            raise ValueError(f"ElasticBatchNorm expects 2-D to 4-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        c = x.shape[1]
+        # Same momentum bookkeeping as torch's _BatchNorm.forward, on a prefix of the statistics.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or self.running_mean is None
+        keep_running = not self.training or self.track_running_stats
+
+        def prefix(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:c]
+
+        return F.batch_norm(
+            x,
+            prefix(self.running_mean) if keep_running else None,
+            prefix(self.running_var) if keep_running else None,
+            prefix(self.weight),
+            prefix(self.bias),
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.Module:
+        plain = self.plain_type(
+            out_size, eps=self.eps, momentum=self.momentum, affine=self.affine,
+            track_running_stats=self.track_running_stats,
+        )
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(self, name) is not None:
+                    getattr(plain, name).copy_(getattr(self, name)[:out_size])
+            if self.num_batches_tracked is not None:
+                plain.num_batches_tracked.copy_(self.num_batches_tracked)
+        device = self.weight.device if self.weight is not None else None
+        return plain.to(device)
+
+
+@register(nn.LayerNorm)
+class ElasticLayerNorm(nn.LayerNorm):
+    @classmethod
+    def from_plain(cls, plain: nn.LayerNorm) -> "ElasticLayerNorm":
+        if len(plain.normalized_shape) != 1:
+            raise TypeError(f"elastic LayerNorm needs one normalized dimension, got {plain.normalized_shape}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.normalized_shape, layer.eps = plain.normalized_shape, plain.eps
+        layer.elementwise_affine = plain.elementwise_affine
+        layer.weight, layer.bias = plain.weight, plain.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        weight = None if self.weight is None else self.weight[:c]
+        bias = None if self.bias is None else self.bias[:c]
+        return F.layer_norm(x, (c,), weight, bias, self.eps)
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.LayerNorm:
+        plain = nn.LayerNorm(out_size, eps=self.eps, elementwise_affine=self.elementwise_affine,
+                             bias=self.bias is not None)
+        with torch.no_grad():
+            if self.weight is not None:
+                plain.weight.copy_(self.weight[:out_size])
+            if self.bias is not None:
+                plain.bias.copy_(self.bias[:out_size])
+        return plain

@@ -1,0 +1,202 @@
+"""The Family: one set of weights holding every nested sub-model of a space.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+>>> family = elasticize(model, (torch.randn(2, 4),))
+>>> family.space.names
+['width:0']
+>>> with family.activate({"width:0": 8}):
+...     y = family(torch.randn(2, 4))
+>>> family.extract({"width:0": 8})[0].out_features
+8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from onefit.elastic import ElasticSequential, to_elastic
+from onefit.elastic.registry import elastic_type_for
+from onefit.graph import Plan, analyze
+from onefit.space import Arch, Dimension, Space
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """Which choices each dimension kind gets.
+
+    width: fractions of each width group's full size (the full size is always included).
+    depth: make every skippable stage elastic, from its minimal depth to all its blocks.
+    """
+
+    width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    depth: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "width", tuple(float(f) for f in self.width))
+        bad = [f for f in self.width if not 0.0 < f <= 1.0]
+        if not self.width or bad:
+            raise ValueError(f"ElasticConfig.width: fractions must lie in (0, 1], got {list(self.width)}")
+
+    def width_choices(self, size: int, multiple: int) -> tuple[int, ...]:
+        widths = {max(multiple, round(f * size / multiple) * multiple) for f in self.width}
+        return tuple(sorted(widths | {size}))
+
+
+class Family(nn.Module):
+    """An elastic network: ``module`` holds the largest weights, ``space`` names its sub-models."""
+
+    def __init__(self, module: nn.Module, plan: Plan, config: ElasticConfig, example_inputs: tuple):
+        super().__init__()
+        self.module = module
+        self.plan = plan
+        self.config = config
+        self.example_inputs = example_inputs
+        self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
+        self.history: list[dict] = []  # training records, saved with the family
+        dims = [
+            Dimension(g.name, "width", config.width_choices(g.size, g.multiple))
+            for g in plan.groups.values()
+            if g.elastic
+        ]
+        if config.depth:
+            dims += [Dimension(s.dim_name, "depth", tuple(range(s.min_depth, s.blocks + 1))) for s in plan.stages]
+        self.space = Space([d for d in dims if len(d.choices) > 1])
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    # -- which sub-model runs ------------------------------------------------------------------
+    def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:
+        """Active width of every group (frozen and non-elastic groups at full size)."""
+        return {gid: arch.get(g.name, g.size) for gid, g in self.plan.groups.items()}
+
+    def depths(self, arch: Mapping[str, Any]) -> dict[str, int]:
+        return {s.name: arch.get(s.dim_name, s.blocks) for s in self.plan.stages}
+
+    def _settings(self) -> Iterator[tuple[nn.Module, str]]:
+        for layer in self.plan.layers.values():
+            if layer.kind in ("linear", "conv"):
+                yield self.module.get_submodule(layer.name), "active_out"
+        for stage in self.plan.stages:
+            yield self.module.get_submodule(stage.name), "active_depth"
+
+    @contextlib.contextmanager
+    def activate(self, arch: Mapping[str, Any]) -> Iterator[Arch]:
+        """Run the sub-model ``arch`` inside the block; the previous one is restored on exit.
+
+        Dimensions left out of ``arch`` take their largest value.
+        """
+        arch = self.space.complete(arch)
+        saved = [(m, attr, getattr(m, attr)) for m, attr in self._settings()]
+        widths, depths = self.widths(arch), self.depths(arch)
+        try:
+            for layer in self.plan.layers.values():
+                if layer.kind in ("linear", "conv"):
+                    self.module.get_submodule(layer.name).active_out = widths[layer.out_group]
+            for stage in self.plan.stages:
+                self.module.get_submodule(stage.name).active_depth = depths[stage.name]
+            yield arch
+        finally:
+            for module, attr, value in saved:
+                setattr(module, attr, value)
+
+    # -- extraction ----------------------------------------------------------------------------
+    def layer_sizes(self, arch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+        """(input features, output features) of every bound layer for ``arch``."""
+        widths = self.widths(self.space.complete(arch))
+        sizes = {}
+        for layer in self.plan.layers.values():
+            module = self.module.get_submodule(layer.name)
+            full_in, full_out = _full_sizes(module)
+            n_in = full_in if layer.in_group is None else widths[layer.in_group] * layer.in_unit
+            n_out = full_out if layer.out_group is None else widths[layer.out_group]
+            sizes[layer.name] = (n_in, n_out)
+        return sizes
+
+    def is_active(self, name: str, arch: Mapping[str, Any]) -> bool:
+        """False for modules inside blocks that ``arch`` skips."""
+        depths = self.depths(self.space.complete(arch))
+        for stage in self.plan.stages:
+            prefix = f"{stage.name}."
+            if name.startswith(prefix) and int(name[len(prefix):].split(".")[0]) >= depths[stage.name]:
+                return False
+        return True
+
+    def extract(self, arch: Mapping[str, Any]) -> nn.Module:
+        """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit."""
+        arch = self.space.complete(arch)
+        sub = copy.deepcopy(self.module)
+        for name, (n_in, n_out) in self.layer_sizes(arch).items():
+            layer = sub.get_submodule(name)
+            if self.is_active(name, arch) and hasattr(layer, "to_plain"):
+                _replace(sub, name, layer.to_plain(n_in, n_out))
+        for stage in sorted(self.plan.stages, key=lambda s: -s.name.count(".")):
+            _replace(sub, stage.name, sub.get_submodule(stage.name).to_plain(self.depths(arch)[stage.name]))
+        return sub.train(self.training)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory) -> None:
+        """Write safetensors weights plus JSON metadata to ``directory`` (atomically)."""
+        from onefit.checkpoint import save_family
+
+        save_family(self, directory)
+
+    def describe(self) -> dict:
+        return {"config": asdict(self.config), "space": self.space.to_json(), "source": self.source}
+
+
+def _full_sizes(module: nn.Module) -> tuple[int, int]:
+    if hasattr(module, "in_features"):
+        return module.in_features, module.out_features
+    if hasattr(module, "in_channels"):
+        return module.in_channels, module.out_channels
+    if hasattr(module, "num_features"):
+        return module.num_features, module.num_features
+    if hasattr(module, "normalized_shape"):
+        return module.normalized_shape[-1], module.normalized_shape[-1]
+    return 0, 0
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def elasticize(
+    model: nn.Module,
+    example_inputs: tuple,
+    config: ElasticConfig | None = None,
+) -> Family:
+    """Turn ``model`` into a Family. ``model`` itself is not changed.
+
+    ``example_inputs`` is the tuple of positional inputs of one forward call; it is used to trace
+    the model and to learn every tensor's shape.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"elasticize needs an nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    config = config or ElasticConfig()
+    module = copy.deepcopy(model)
+    plan = analyze(module, tuple(example_inputs))
+    for layer in plan.layers.values():
+        plain = module.get_submodule(layer.name)
+        if layer.kind != "other" and elastic_type_for(plain) is not None:
+            _replace(module, layer.name, to_elastic(plain))
+    for stage in plan.stages:
+        _replace(module, stage.name, ElasticSequential.from_plain(module.get_submodule(stage.name)))
+    family = Family(module, plan, config, tuple(example_inputs))
+    if len(family.space) == 0:
+        reasons = sorted({g.frozen for g in plan.groups.values() if g.frozen} | set(plan.notes))
+        raise ValueError(
+            f"{type(model).__name__} has nothing onefit can shrink. Reasons: {reasons or ['no Linear or Conv layers']}"
+        )
+    return family

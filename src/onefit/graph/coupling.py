@@ -1,0 +1,318 @@
+"""Channel coupling by tracing: walk a ``torch.fx`` graph and union the channels that must agree.
+
+Every tensor in the graph either carries a tracked channel axis (``_Chan``: its group, which axis,
+and how many features each channel spans after a flatten) or is untracked (``None``): a fixed-size
+tensor such as the model's input. Layers that produce channels start a new group; norms, pooling,
+activations and depthwise convolutions pass the group through; a residual add unions two groups;
+anything this walker does not understand *freezes* the groups it touches (they keep full size,
+with the reason recorded). So an unknown op can cost coverage but never produce a wrong slice.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
+from onefit.graph.stages import find_stages
+
+
+class TraceError(ValueError):
+    """The model could not be traced or run on its example inputs."""
+
+
+@dataclass(frozen=True)
+class _Chan:
+    group: int
+    axis: int
+    unit: int = 1
+
+
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Softmax, nn.LogSoftmax,
+)
+_PASS_FUNCS = {
+    "relu", "relu_", "relu6", "gelu", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid",
+    "leaky_relu", "elu", "mish", "dropout", "contiguous", "clone", "neg", "abs", "exp", "sqrt",
+    "softmax", "log_softmax", "hardtanh", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+}
+_BINARY_FUNCS = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "mul_"}
+_REDUCE_FUNCS = {"mean", "sum", "amax", "amin"}
+_SHAPE_FUNCS = {"size", "dim", "getattr"}  # give non-tensors; reading a shape constrains nothing
+
+
+def _op_name(node: fx.Node) -> str:
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _shape(node) -> tuple | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if _shape(n) else None)
+    return found
+
+
+class _Walker:
+    def __init__(self, traced: fx.GraphModule):
+        self.modules = dict(traced.named_modules())
+        self.parent: list[int] = []
+        self.size: list[int] = []
+        self.multiple: dict[int, int] = {}
+        self.frozen: dict[int, str] = {}
+        self.chan: dict[fx.Node, _Chan | None] = {}
+        self.layers: dict[str, LayerPlan] = {}
+        self.calls: dict[str, int] = {}
+        self.notes: list[str] = []
+
+    # -- union-find over groups --------------------------------------------------------------
+    def new_group(self, size: int) -> int:
+        self.parent.append(len(self.parent))
+        self.size.append(size)
+        return len(self.parent) - 1
+
+    def root(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def freeze(self, chan: _Chan | None, reason: str) -> None:
+        if chan is not None:
+            self.frozen.setdefault(self.root(chan.group), reason)
+
+    def union(self, a: _Chan, b: _Chan, where: str) -> None:
+        ra, rb = self.root(a.group), self.root(b.group)
+        if ra == rb:
+            return
+        if self.size[ra] != self.size[rb]:
+            self.freeze(a, f"{where}: joins {self.size[ra]} and {self.size[rb]} channels")
+            self.freeze(b, f"{where}: joins {self.size[ra]} and {self.size[rb]} channels")
+            return
+        self.parent[rb] = ra
+        if rb in self.frozen:
+            self.frozen.setdefault(ra, self.frozen.pop(rb))
+        self.multiple[ra] = math.lcm(self.multiple.get(ra, 1), self.multiple.pop(rb, 1))
+
+    # -- the walk ------------------------------------------------------------------------------
+    def visit(self, node: fx.Node) -> None:
+        if node.op in ("placeholder", "get_attr"):
+            self.chan[node] = None  # inputs and constants keep their size
+        elif node.op == "output":
+            for arg in _tensor_args(node):
+                self.freeze(self.chan.get(arg), "model output")
+        elif node.op == "call_module":
+            self.calls[node.target] = self.calls.get(node.target, 0) + 1
+            self.chan[node] = self.visit_module(node, self.modules[node.target])
+        else:
+            self.chan[node] = self.visit_function(node, _op_name(node))
+
+    def unknown(self, node: fx.Node, what: str) -> None:
+        touched = [a for a in _tensor_args(node) if self.chan.get(a) is not None]
+        if touched:
+            self.notes.append(f"{node.name}: {what}; its inputs keep full width")
+        for arg in touched:
+            self.freeze(self.chan[arg], f"used by {what} ({node.name})")
+        return None
+
+    def input_chan(self, node: fx.Node, axis: int, name: str, unit_ok: bool = False) -> _Chan | None:
+        """The tracked channel of ``node``'s first input if it lies on ``axis``, else freeze it."""
+        x = node.args[0] if node.args else None
+        chan = self.chan.get(x) if isinstance(x, fx.Node) else None
+        if chan is None:
+            return None
+        ndim = len(_shape(x))
+        if chan.axis != axis % ndim or (chan.unit != 1 and not unit_ok):
+            self.freeze(chan, f"{name} reads another axis than the channels")
+            return None
+        return chan
+
+    def visit_module(self, node: fx.Node, mod: nn.Module) -> _Chan | None:
+        name = node.target
+        out_shape = _shape(node)
+        if isinstance(mod, nn.Linear):
+            x = self.input_chan(node, -1, name, unit_ok=True)
+            group = self.new_group(mod.out_features)
+            self.layers[name] = LayerPlan(
+                name, "linear", x and x.group, group, x.unit if x else 1, math.prod(out_shape[1:-1])
+            )
+            return _Chan(group, len(out_shape) - 1)
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+            return self.visit_conv(node, mod, out_shape)
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            x = self.input_chan(node, 1, name)
+            self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
+            return x
+        if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
+            x = self.input_chan(node, -1, name)
+            self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
+            return x
+        if isinstance(mod, nn.Flatten):
+            return self.flatten(node, mod.start_dim, mod.end_dim)
+        if isinstance(mod, _PASS_MODULES):
+            x = node.args[0]
+            return self.chan.get(x) if len(_shape(x)) == len(out_shape) else self.unknown(node, type(mod).__name__)
+        if any(True for _ in mod.parameters()):
+            self.layers[name] = LayerPlan(name, "other", None, None, reason=f"no elastic version of {type(mod).__name__}")
+        return self.unknown(node, f"layer {type(mod).__name__}")
+
+    def visit_conv(self, node: fx.Node, mod: nn.Module, out_shape: tuple) -> _Chan | None:
+        name, positions = node.target, math.prod(out_shape[2:])
+        if mod.groups > 1 and mod.in_channels == mod.out_channels:
+            x = self.input_chan(node, 1, name)
+            if x is not None:
+                root = self.root(x.group)
+                self.multiple[root] = math.lcm(self.multiple.get(root, 1), mod.in_channels // mod.groups)
+            self.layers[name] = LayerPlan(name, "conv_pass", x and x.group, x and x.group, 1, positions)
+            return x
+        x = self.input_chan(node, 1, name)
+        if mod.groups > 1:
+            self.freeze(x, f"{name}: grouped convolution with unequal in/out widths")
+            x = None
+        group = self.new_group(mod.out_channels)
+        if mod.groups > 1:
+            self.frozen[group] = f"{name}: grouped convolution with unequal in/out widths"
+        self.layers[name] = LayerPlan(name, "conv", x and x.group, group, 1, positions)
+        return _Chan(group, 1)
+
+    def visit_function(self, node: fx.Node, op: str) -> _Chan | None:
+        if op in _SHAPE_FUNCS or _shape(node) is None:
+            return None if op in _SHAPE_FUNCS or not _tensor_args(node) else self.unknown(node, op)
+        if op in _PASS_FUNCS:
+            x = node.args[0]
+            return self.chan.get(x) if len(_shape(x)) == len(_shape(node)) else self.unknown(node, op)
+        if op in _BINARY_FUNCS or node.target in (operator.add, operator.mul, operator.sub, operator.truediv):
+            return self.binary(node, op)
+        if op in _REDUCE_FUNCS:
+            return self.reduce(node, op)
+        if op == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            return self.flatten(node, start, end)
+        if op in ("view", "reshape"):
+            return self.reshape(node, op)
+        return self.unknown(node, f"op {op}")
+
+    def binary(self, node: fx.Node, op: str) -> _Chan | None:
+        tensors = [a for a in node.args[:2] if isinstance(a, fx.Node) and _shape(a) is not None]
+        if len(tensors) == 1:
+            return self.chan.get(tensors[0])
+        a, b = tensors
+        ca, cb = self.chan.get(a), self.chan.get(b)
+        out_ndim = len(_shape(node))
+
+        def channel_size(n: fx.Node, c: _Chan) -> int:
+            return _shape(n)[c.axis]
+
+        # Broadcasting aligns from the right, so compare axes counted from the end.
+        if ca is not None and cb is not None and len(_shape(a)) - ca.axis == len(_shape(b)) - cb.axis:
+            if channel_size(a, ca) == channel_size(b, cb) and ca.unit == cb.unit:
+                self.union(ca, cb, f"{op} ({node.name})")
+                return ca
+        for this, other, c_this in ((a, b, ca), (b, a, cb)):
+            # x * gate where the other operand broadcasts over the channels (size 1 there).
+            if c_this is not None and len(_shape(this)) == out_ndim:
+                axis_from_end = len(_shape(this)) - c_this.axis
+                if len(_shape(other)) < axis_from_end or _shape(other)[-axis_from_end] == 1:
+                    return c_this
+        return self.unknown(node, f"{op} of tensors with different channel layouts")
+
+    def reduce(self, node: fx.Node, op: str) -> _Chan | None:
+        x = node.args[0]
+        chan, ndim = self.chan.get(x), len(_shape(x))
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        if chan is None:
+            return None
+        if dims is None:
+            return self.unknown(node, f"{op} over all dimensions")
+        dims = {d % ndim for d in ((dims,) if isinstance(dims, int) else dims)}
+        if chan.axis in dims or chan.unit != 1:
+            return self.unknown(node, f"{op} over the channels")
+        return _Chan(chan.group, chan.axis if keepdim else chan.axis - sum(d < chan.axis for d in dims))
+
+    def flatten(self, node: fx.Node, start: int, end: int) -> _Chan | None:
+        x = node.args[0]
+        chan, shape = self.chan.get(x), _shape(x)
+        if chan is None:
+            return None
+        start, end = start % len(shape), end % len(shape)
+        if start > chan.axis or end < chan.axis:
+            return _Chan(chan.group, chan.axis - (end - start) * (start < chan.axis), chan.unit)
+        if start == chan.axis:
+            # (B, C, H, W) -> (B, C*H*W): channel c spans features [c*H*W, (c+1)*H*W).
+            return _Chan(chan.group, chan.axis, chan.unit * math.prod(shape[start + 1 : end + 1]))
+        return self.unknown(node, "flatten that merges dimensions before the channels")
+
+    def reshape(self, node: fx.Node, op: str) -> _Chan | None:
+        x = node.args[0]
+        chan, in_shape, out_shape = self.chan.get(x), _shape(x), _shape(node)
+        sizes = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list)) else node.args[1]
+        literal = [s for s in sizes[1:] if not isinstance(s, fx.Node)]
+        if chan is None:
+            return None
+        # x.view(x.size(0), -1) after the channel axis 1 is a flatten; fixed sizes are not.
+        if chan.axis == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0] and literal == [-1]:
+            return self.flatten(node, 1, -1)
+        return self.unknown(node, f"{op} to a fixed shape {tuple(out_shape)}")
+
+    # -- result --------------------------------------------------------------------------------
+    def plan(self, stages: list[StagePlan]) -> Plan:
+        for name, count in self.calls.items():
+            if count > 1 and name in self.layers:
+                layer = self.layers[name]
+                for g in (layer.in_group, layer.out_group):
+                    if g is not None:
+                        self.frozen.setdefault(self.root(g), f"{name} is called {count} times (shared weights)")
+        groups: dict[int, Group] = {}
+        for layer in self.layers.values():
+            layer.in_group = None if layer.in_group is None else self.root(layer.in_group)
+            layer.out_group = None if layer.out_group is None else self.root(layer.out_group)
+            g = layer.out_group
+            if g is not None and g not in groups:
+                groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g))
+            if g is not None and layer.kind in ("linear", "conv"):
+                groups[g].producers.append(layer.name)
+        return Plan(groups, self.layers, stages, self.notes)
+
+
+def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+    """Symbolically trace ``model`` and record every tensor's shape on ``example_inputs``."""
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as err:  # fx raises many types; all mean "cannot trace"
+        raise TraceError(
+            f"cannot trace {type(model).__name__} with torch.fx: {err}. Data-dependent control flow "
+            "in forward() is the usual cause; move it out of forward or into a leaf module."
+        ) from err
+    try:
+        with torch.no_grad():
+            ShapeProp(traced).propagate(*example_inputs)
+    except Exception as err:
+        shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+        raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: {err}") from err
+    return traced
+
+
+def analyze(model: nn.Module, example_inputs: tuple) -> Plan:
+    """Trace ``model`` on ``example_inputs`` and return its width groups, layers and depth stages."""
+    traced = trace(model, example_inputs)
+    walker = _Walker(traced)
+    for node in traced.graph.nodes:
+        walker.visit(node)
+    stages = find_stages(model, traced, walker)
+    return walker.plan(stages)

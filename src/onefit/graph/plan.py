@@ -1,0 +1,72 @@
+"""The result of coupling analysis: width groups, the layers bound to them, and depth stages.
+
+A ``Plan`` is everything the rest of onefit needs to know about a model's structure: the family
+activates, extracts, sorts and counts from it alone, so a better analysis only has to produce a
+better plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Group:
+    """Channels that must shrink together, e.g. every output that meets at a residual add."""
+
+    id: int
+    size: int
+    multiple: int = 1  # widths must be multiples of this (grouped convolutions)
+    frozen: str | None = None  # why this group keeps its full size, or None if elastic
+    producers: list[str] = field(default_factory=list)  # layers whose outputs are these channels
+
+    @property
+    def name(self) -> str:
+        return f"width:{self.producers[0]}" if self.producers else f"width:group{self.id}"
+
+    @property
+    def elastic(self) -> bool:
+        return self.frozen is None and bool(self.producers) and self.size > self.multiple
+
+
+@dataclass
+class LayerPlan:
+    """How one layer with weights is bound to groups.
+
+    kind: ``linear`` / ``conv`` produce ``out_group`` from ``in_group``; ``conv_pass`` (grouped,
+    depthwise) and ``norm`` pass their input group through; ``other`` is a layer onefit cannot
+    slice and keeps whole (``reason`` says why).
+    """
+
+    name: str
+    kind: str
+    in_group: int | None  # None: input width is fixed
+    out_group: int | None  # None: output width is fixed
+    in_unit: int = 1  # input features per channel (a flattened C x H x W map has H*W)
+    positions: int = 1  # output positions per sample (H*W for a conv, tokens for a Linear)
+    reason: str | None = None
+
+
+@dataclass
+class StagePlan:
+    """A sequential stage whose blocks ``min_depth`` and later can be skipped."""
+
+    name: str
+    blocks: int
+    min_depth: int
+
+    @property
+    def dim_name(self) -> str:
+        return f"depth:{self.name}"
+
+
+@dataclass
+class Plan:
+    groups: dict[int, Group]
+    layers: dict[str, LayerPlan]
+    stages: list[StagePlan]
+    notes: list[str] = field(default_factory=list)  # ops that forced a group to stay whole
+
+    def group_of(self, name: str) -> Group | None:
+        gid = self.layers[name].out_group
+        return None if gid is None else self.groups[gid]

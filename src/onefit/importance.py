@@ -1,0 +1,74 @@
+"""Importance sorting: reorder every width group's channels so that prefixes keep the best ones.
+
+The reordering is a permutation applied consistently to producers (output rows), pass-through
+layers (norm statistics, depthwise filters) and consumers (input columns), so the full model's
+function is unchanged; only which channels a prefix keeps changes (Once-for-All, sec. 3.2).
+
+>>> import torch
+>>> from torch import nn
+>>> from onefit.family import elasticize
+>>> family = elasticize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), (torch.randn(1, 4),))
+>>> x = torch.randn(3, 4)
+>>> before = family(x)
+>>> torch.allclose(sort_(family)(x), before, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from onefit.graph import Plan
+
+
+class Importance(Protocol):
+    """Scores each channel of a group; higher is more important."""
+
+    def __call__(self, producers: list[nn.Module]) -> torch.Tensor: ...
+
+
+class L1Importance:
+    """Sum over the group's producers of each output channel's L1 weight norm, each producer's
+    scores normalised to mean 1 so that no single layer dominates the sum."""
+
+    def __call__(self, producers: list[nn.Module]) -> torch.Tensor:
+        total = 0
+        for layer in producers:
+            score = layer.weight.detach().abs().flatten(1).sum(1)
+            total = total + score / score.mean().clamp_min(1e-12)
+        return total
+
+
+def sort_(family, importance: Importance | None = None):
+    """Sort every elastic width group of ``family`` in place, most important channels first."""
+    importance = importance or L1Importance()
+    module, plan = family.module, family.plan
+    with torch.no_grad():
+        for gid, group in plan.groups.items():
+            if not group.elastic:
+                continue
+            producers = [module.get_submodule(n) for n in group.producers]
+            # Grouped convolutions tie channels in blocks of `multiple`: move whole blocks.
+            m = group.multiple
+            blocks = torch.argsort(importance(producers).view(-1, m).sum(1), descending=True, stable=True)
+            order = (blocks[:, None] * m + torch.arange(m)).flatten()
+            _permute_group(module, plan, gid, order)
+    return family
+
+
+def _permute_group(module: nn.Module, plan: Plan, gid: int, order: torch.Tensor) -> None:
+    for layer in plan.layers.values():
+        m = module.get_submodule(layer.name)
+        if layer.out_group == gid:
+            # Output side: rows of weights and every per-channel tensor (bias, norm statistics).
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(m, name, None)
+                if isinstance(t, torch.Tensor) and t.dim() >= 1:
+                    t.copy_(t[order])
+        if layer.in_group == gid and layer.kind in ("linear", "conv"):
+            # Input side: columns, each channel spanning in_unit consecutive features.
+            cols = (order[:, None] * layer.in_unit + torch.arange(layer.in_unit)).flatten()
+            m.weight.copy_(m.weight[:, cols])

@@ -1,0 +1,32 @@
+"""Batch-norm re-estimation for a sub-model (BigNAS, OFA).
+
+Running statistics accumulated while training many sub-models describe none of them well, so
+before evaluating a sub-model its statistics are recomputed on a few training batches.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = 20) -> nn.Module:
+    """Reset every batch norm of ``module`` and re-estimate it as an exact average over
+    ``batches`` batches of ``data`` (pairs ``(x, y)`` or inputs). Returns ``module`` in eval mode."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return module.eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    module.train()
+    with torch.no_grad():
+        for batch in islice(data, batches):
+            module(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return module.eval()

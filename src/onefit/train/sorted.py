@@ -1,0 +1,81 @@
+"""SortedNet nested training (Valipour et al. 2023) with in-place distillation (BigNAS, OFA).
+
+One step: visit the sampler's sub-models on the same batch, accumulate their gradients, take one
+optimizer step. The largest sub-model learns from the labels; the others learn from the labels
+and, with distillation on, from the softened outputs of the largest one (or of an external
+teacher): ``(1 - a) * CE(y) + a * T^2 * KL(p_teacher^T || p_student^T)`` (Hinton et al. 2015).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from onefit.train.sampler import SandwichSampler
+
+DISTILL = ("none", "inplace", "teacher")
+
+
+@dataclass(frozen=True)
+class SortedNetConfig:
+    distill: str = "inplace"  # "none", "inplace" (from the largest sub-model) or "teacher"
+    temperature: float = 2.0  # softens both distributions in the KL term
+    distill_weight: float = 0.5  # a: share of the KL term in a student's loss
+    seed: int = 0  # drives the random sub-models; same seed, same sequence
+
+    def __post_init__(self) -> None:
+        if self.distill not in DISTILL:
+            raise ValueError(f"SortedNetConfig.distill: {self.distill!r} is not one of {DISTILL}")
+        if self.temperature <= 0:
+            raise ValueError(f"SortedNetConfig.temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"SortedNetConfig.distill_weight must lie in [0, 1], got {self.distill_weight}")
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2-scaled KL(teacher || student) on temperature-softened logits, averaged over the batch."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
+@dataclass
+class SortedNetRecipe:
+    config: SortedNetConfig = field(default_factory=SortedNetConfig)
+    sampler: SandwichSampler = field(default_factory=SandwichSampler)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.config.seed)
+
+    def describe(self) -> dict:
+        return {"recipe": "sortednet", "config": asdict(self.config), "sampler": asdict(self.sampler)}
+
+    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
+        """One optimizer step over the sampled sub-models of ``family`` on ``batch = (x, y)``."""
+        cfg = self.config
+        if cfg.distill == "teacher" and teacher is None:
+            raise ValueError("SortedNetConfig.distill='teacher' needs a teacher module passed to step()")
+        x, y = batch
+        archs = self.sampler(family.space, self.rng)
+        soft = None
+        if cfg.distill == "teacher":
+            with torch.no_grad():
+                soft = teacher(x)
+        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for arch in archs:
+            with family.activate(arch):
+                logits = family(x)
+            loss = F.cross_entropy(logits, y)
+            if soft is not None and cfg.distill_weight > 0:
+                kd = distillation_loss(logits, soft, cfg.temperature)
+                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+            (loss / len(archs)).backward()
+            losses.append(loss.item())
+            if cfg.distill == "inplace" and soft is None:
+                soft = logits.detach()  # the largest, visited first, teaches the rest
+        optimizer.step()
+        return {"loss_largest": losses[0], "loss_mean": sum(losses) / len(losses)}

@@ -1,0 +1,20 @@
+"""Reference architectures written for onefit (torchvision does not run on these machines).
+
+Every factory is a plain function of keyword arguments, so a family can record it as
+``"onefit.zoo:NAME"`` and rebuild it on load.
+"""
+
+from onefit.zoo.cnn import plain_cnn, resnet
+from onefit.zoo.mlp import mlp
+
+MODELS = {"mlp": mlp, "plain_cnn": plain_cnn, "resnet": resnet}
+
+
+def build(name: str, **kwargs):
+    """Build zoo model ``name``; returns ``(model, source)`` where source rebuilds it."""
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name](**kwargs), {"factory": f"onefit.zoo:{name}", "kwargs": kwargs}
+
+
+__all__ = ["MODELS", "build", "mlp", "plain_cnn", "resnet"]
