@@ -76,7 +76,6 @@ class _Walker:
         self.frozen: dict[int, str] = {}
         self.chan: dict[fx.Node, _Chan | None] = {}
         self.layers: dict[str, LayerPlan] = {}
-        self.calls: dict[str, int] = {}
         self.notes: list[str] = []
 
     # -- union-find over groups --------------------------------------------------------------
@@ -116,10 +115,20 @@ class _Walker:
             for arg in _tensor_args(node):
                 self.freeze(self.chan.get(arg), "model output")
         elif node.op == "call_module":
-            self.calls[node.target] = self.calls.get(node.target, 0) + 1
+            first = self.layers.get(node.target)
             self.chan[node] = self.visit_module(node, self.modules[node.target])
+            if first is not None:
+                self.freeze_shared(node.target, first)
         else:
             self.chan[node] = self.visit_function(node, _op_name(node))
+
+    def freeze_shared(self, name: str, first: LayerPlan) -> None:
+        """A layer called twice (shared weights) keeps every width it touches whole."""
+        reason = f"{name} is called more than once (shared weights)"
+        for layer in (first, self.layers[name]):
+            for g in (layer.in_group, layer.out_group):
+                if g is not None:
+                    self.frozen.setdefault(self.root(g), reason)
 
     def unknown(self, node: fx.Node, what: str) -> None:
         touched = [a for a in _tensor_args(node) if self.chan.get(a) is not None]
@@ -272,12 +281,6 @@ class _Walker:
 
     # -- result --------------------------------------------------------------------------------
     def plan(self, stages: list[StagePlan]) -> Plan:
-        for name, count in self.calls.items():
-            if count > 1 and name in self.layers:
-                layer = self.layers[name]
-                for g in (layer.in_group, layer.out_group):
-                    if g is not None:
-                        self.frozen.setdefault(self.root(g), f"{name} is called {count} times (shared weights)")
         groups: dict[int, Group] = {}
         for layer in self.layers.values():
             layer.in_group = None if layer.in_group is None else self.root(layer.in_group)
@@ -299,12 +302,17 @@ def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
             f"cannot trace {type(model).__name__} with torch.fx: {err}. Data-dependent control flow "
             "in forward() is the usual cause; move it out of forward or into a leaf module."
         ) from err
+    # Eval mode: shape propagation must not update batch-norm statistics, and must accept batch 1.
+    modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
-            ShapeProp(traced).propagate(*example_inputs)
+            ShapeProp(traced.eval()).propagate(*example_inputs)
     except Exception as err:
         shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
         raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: {err}") from err
+    finally:
+        for m, training in modes.items():
+            m.train(training)
     return traced
 
 

@@ -39,9 +39,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, in_channels: int, widths: tuple, blocks: tuple, classes: int):
+    def __init__(self, in_channels: int, widths: tuple, blocks: tuple, classes: int, stem_stride: int = 1):
         super().__init__()
-        self.stem = _conv_bn(in_channels, widths[0])
+        self.stem = _conv_bn(in_channels, widths[0], stem_stride)
         stages, cin = [], widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
@@ -55,5 +55,8 @@ class ResNet(nn.Module):
         return self.head(x.mean((2, 3)))  # global average pool: (B, C)
 
 
-def resnet(in_channels: int = 1, widths: tuple = (32, 64), blocks: tuple = (3, 3), classes: int = 10) -> ResNet:
-    return ResNet(in_channels, tuple(widths), tuple(blocks), classes)
+def resnet(
+    in_channels: int = 1, widths: tuple = (32, 64), blocks: tuple = (3, 3), classes: int = 10, stem_stride: int = 1
+) -> ResNet:
+    """A ResNet with one stage per width; stages after the first halve the resolution."""
+    return ResNet(in_channels, tuple(widths), tuple(blocks), classes, stem_stride)

@@ -1,0 +1,60 @@
+"""What the coupling analysis ties together, and what it refuses to slice."""
+
+import torch
+from torch import nn
+
+from onefit.graph import analyze
+from conftest import DepthwiseNet, FlattenNet
+from onefit.zoo import resnet
+
+
+def groups_by_producer(plan):
+    return {p: g for g in plan.groups.values() for p in g.producers}
+
+
+def test_residual_adds_share_one_group_and_shortcuts_join_it():
+    plan = analyze(resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
+    g = groups_by_producer(plan)
+    assert g["stem.0"] is g["stages.0.0.conv2"] is g["stages.0.1.conv2"]
+    assert g["stages.1.0.conv2"] is g["stages.1.0.shortcut.0"] is g["stages.1.1.conv2"]
+    assert g["stages.0.0.conv1"] is not g["stem.0"]
+    assert g["head"].frozen == "model output"
+    assert [(s.name, s.blocks, s.min_depth) for s in plan.stages] == [("stages.0", 2, 1), ("stages.1", 2, 1)]
+
+
+def test_depthwise_passes_width_and_grouped_conv_sets_a_multiple():
+    plan = analyze(DepthwiseNet(), (torch.randn(1, 3, 8, 8),))
+    expand = groups_by_producer(plan)["expand"]
+    assert plan.layers["dw"].kind == "conv_pass" and plan.layers["dw"].out_group == expand.id
+    assert plan.layers["grouped"].in_group == expand.id and expand.multiple == 8
+    assert groups_by_producer(plan)["stem"] is groups_by_producer(plan)["project"]
+
+
+def test_flatten_into_linear_records_the_spatial_unit():
+    plan = analyze(FlattenNet(), (torch.randn(1, 1, 8, 8),))
+    assert plan.layers["fc1"].in_unit == 16
+    assert plan.layers["fc1"].in_group == groups_by_producer(plan)["conv2"].id
+
+
+class FixedView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(4, 6)
+        self.shared = nn.Linear(6, 6)
+        self.fc = nn.Linear(4 * 64 + 12, 2)
+
+    def forward(self, x):
+        y = self.conv(x).view(-1, 256)  # a fixed size: this width cannot shrink
+        z = torch.cat([self.a(x.mean((2, 3)).repeat(1, 4)), self.shared(self.shared(self.b(x.mean((2, 3)).repeat(1, 4))))], 1)
+        return self.fc(torch.cat([y, z], 1))
+
+
+def test_unknown_ops_and_shared_layers_freeze_what_they_touch():
+    plan = analyze(FixedView(), (torch.randn(2, 1, 8, 8),))
+    g = groups_by_producer(plan)
+    assert "reshape" in g["conv"].frozen or "view" in g["conv"].frozen
+    assert "cat" in g["a"].frozen
+    assert "called more than once" in g["shared"].frozen
+    assert not any(group.elastic for group in plan.groups.values())
+    assert plan.notes  # every freeze by an op is listed

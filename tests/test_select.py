@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+import onefit
+
+
+@pytest.fixture(scope="module")
+def family():
+    return onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
+
+
+def test_largest_within_fits_and_the_next_one_does_not(family):
+    chain = family.space.nested_chain()
+    params = [onefit.count_params(family, a) for a in chain]
+    # Growing a block that the arch skips costs nothing, so look where the cost really steps up.
+    i = next(i for i in range(4, len(chain) - 1) if params[i] < params[i + 1])
+    pick = onefit.largest_within(family, params=(params[i] + params[i + 1]) // 2)
+    assert onefit.count_params(family, pick) == params[i] and chain.index(pick) <= i
+    macs = onefit.count_macs(family, chain[-2])
+    assert onefit.count_macs(family, onefit.largest_within(family, params=10**9, macs=macs)) == macs
+    assert onefit.largest_within(family, params=10**9) == family.space.max()
+
+
+def test_impossible_or_unknown_budgets_are_clear_errors(family):
+    with pytest.raises(onefit.BudgetError, match="no sub-model fits .* the smallest costs params="):
+        onefit.largest_within(family, params=10)
+    with pytest.raises(onefit.BudgetError, match="one or more of"):
+        onefit.largest_within(family, latency=3)
+    with pytest.raises(onefit.BudgetError):
+        onefit.largest_within(family)
