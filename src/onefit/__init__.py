@@ -9,6 +9,7 @@ from onefit.family import ElasticConfig, Family, elasticize
 from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
+from onefit import zoo
 from onefit.train import SandwichSampler, SortedNetConfig, SortedNetRecipe, recalibrate_bn, train
 
 __version__ = "0.1.0"
@@ -35,4 +36,5 @@ __all__ = [
     "recalibrate_bn",
     "sort_",
     "train",
+    "zoo",
 ]

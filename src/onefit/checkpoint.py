@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+import safetensors.torch
 from torch import nn
 
 FORMAT = "onefit-family"
@@ -44,10 +44,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor]) -> dict:
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        scratch = Path(tmp) / "t.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(scratch))
-        data = scratch.read_bytes()
+    data = safetensors.torch.save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     digest = hashlib.sha256(data).hexdigest()
     name = f"{stem}-{digest[:16]}.safetensors"
     if not (directory / name).exists():
@@ -59,9 +56,10 @@ def _read_tensors(directory: Path, entry: dict) -> dict[str, torch.Tensor]:
     path = directory / entry["file"]
     if not path.exists():
         raise CheckpointError(f"{directory}: {entry['file']} is missing; the checkpoint is incomplete")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"{path}: content does not match its recorded sha256; the file was changed")
-    return load_file(str(path))
+    return safetensors.torch.load(data)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -88,6 +86,8 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
     """Save ``family`` (and, for resuming training, ``optimizer`` and ``progress``) to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for scratch in directory.glob(".*.*"):  # left by a save that was killed mid-write
+        scratch.unlink()
     manifest = {
         "format": FORMAT,
         "version": VERSION,

@@ -16,7 +16,7 @@ from onefit.data import digits
 from onefit.family import elasticize
 from onefit.importance import sort_
 from onefit.select import largest_within
-from onefit.train import SortedNetConfig, SortedNetRecipe, evaluate, recalibrate_bn, train
+from onefit.train import SortedNetConfig, SortedNetRecipe, evaluate, recalibrate_bn, train, train_plain
 from onefit.zoo import build
 
 
@@ -27,23 +27,6 @@ class DemoConfig:
     rows: int = 10  # sub-models in the table, spread over the nested chain
     seed: int = 0
     lr: float = 3e-3
-
-
-def pretrain(model: torch.nn.Module, data, epochs: int, lr: float, progress: bool = True) -> torch.nn.Module:
-    """Ordinary training of one model (the baseline every family is compared with)."""
-    from onefit.train.loop import _progress
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    with _progress(progress) as bar:
-        task = bar.add_task("training full model", total=epochs * len(data))
-        for _ in range(epochs):
-            for x, y in data:
-                optimizer.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(x), y).backward()
-                optimizer.step()
-                bar.update(task, advance=1)
-    return model.eval()
 
 
 def spread(items: list, n: int) -> list:
@@ -68,7 +51,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
     model, source = build("resnet", in_channels=1, widths=[32, 64], blocks=[3, 3], classes=10)
     example = next(iter(test_data))[0][:1]
 
-    pretrain(model, train_data, config.pretrain_epochs, config.lr, progress)
+    train_plain(model, train_data, config.pretrain_epochs, config.lr, progress)
     full_accuracy = evaluate(model, test_data)
     family = sort_(elasticize(model, (example,)))
     family.source = source

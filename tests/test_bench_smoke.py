@@ -1,0 +1,17 @@
+"""The benchmark script runs end to end (one epoch, two sub-models) and writes its outputs."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+
+import nested_vs_individual  # noqa: E402
+
+
+def test_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    result = nested_vs_individual.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "nested_vs_individual.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(result["summary"]))
+    assert len(saved["runs"][0]["rows"]) == 2
+    assert "| (b) alone | (c) truncated |" in (tmp_path / "nested_vs_individual.md").read_text()

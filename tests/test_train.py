@@ -1,0 +1,103 @@
+import random
+
+import pytest
+import torch
+
+import onefit
+from onefit.train import DataError, SortedNetConfig, SortedNetRecipe, evaluate
+from onefit.data import digits
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits(batch_size=64, seed=0)
+
+
+def small_family():
+    torch.manual_seed(0)
+    return onefit.elasticize(onefit.zoo.mlp(hidden=32, layers=2), (torch.randn(2, 1, 8, 8),))
+
+
+def test_sandwich_sampler_visits_largest_smallest_and_random():
+    space = small_family().space
+    archs = onefit.SandwichSampler(n_random=3)(space, random.Random(0))
+    assert archs[0] == space.max() and archs[1] == space.min() and len(archs) == 5
+    assert archs == onefit.SandwichSampler(n_random=3)(space, random.Random(0))
+    with pytest.raises(ValueError, match="n_random"):
+        onefit.SandwichSampler(n_random=-1)
+
+
+def test_step_accumulates_every_sub_model_into_one_update(data):
+    family = small_family()
+    recipe = SortedNetRecipe(SortedNetConfig(distill="none"), onefit.SandwichSampler(n_random=0))
+    optimizer = torch.optim.SGD(family.parameters(), lr=0.0)
+    x, y = next(iter(data[0]))
+    recipe.step(family, (x, y), optimizer)
+    # With lr 0 the step leaves weights alone; the gradient must be the mean of max's and min's.
+    grad = family.module[1].weight.grad.clone()
+    family.zero_grad()
+    expected = 0
+    for arch in (family.space.max(), family.space.min()):
+        with family.activate(arch):
+            loss = torch.nn.functional.cross_entropy(family(x), y) / 2
+        expected = expected + torch.autograd.grad(loss, family.module[1].weight)[0]
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("distill", ["none", "inplace", "teacher"])
+def test_training_makes_every_sub_model_learn(data, distill):
+    train_data, test_data = data
+    family = small_family()
+    teacher = onefit.zoo.mlp(hidden=16).eval() if distill == "teacher" else None
+    history = onefit.train(family, train_data, SortedNetRecipe(SortedNetConfig(distill=distill)), epochs=3,
+                           teacher=teacher, progress=False)
+    assert len(history) == 3 and history[2]["loss_largest"] < history[0]["loss_largest"]
+    # Chance is 10%; an untrained family stays near it.
+    smallest, largest = (evaluate(onefit.recalibrate_bn(family.extract(a), train_data), test_data)
+                         for a in (family.space.min(), family.space.max()))
+    assert smallest > 30 and largest > 80
+
+
+def test_same_seed_same_result(data):
+    results, batches = [], list(data[0])[:5]
+    for _ in range(2):
+        family = small_family()
+        onefit.train(family, batches, SortedNetRecipe(SortedNetConfig(seed=3)), epochs=1, progress=False)
+        results.append(family.module[1].weight.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_bad_data_and_bad_configs_are_clear_errors(data):
+    family = small_family()
+    x, y = next(iter(data[0]))
+    with pytest.raises(DataError, match=r"inputs of shape \(64, 64\); the family was built for \(batch, \*\(1, 8, 8\)\)"):
+        onefit.train(family, [(x.flatten(1), y)], epochs=1, progress=False)
+    with pytest.raises(DataError, match="labels"):
+        onefit.train(family, [(x, y.float())], epochs=1, progress=False)
+    with pytest.raises(DataError, match="pairs"):
+        onefit.train(family, [x], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        onefit.train(family, [(x, y)], SortedNetRecipe(SortedNetConfig(distill="teacher")), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="distill"):
+        SortedNetConfig(distill="sometimes")
+    with pytest.raises(ValueError, match="epochs"):
+        onefit.train(family, [(x, y)], epochs=0)
+
+
+def test_recalibrate_bn_matches_the_batch_statistics(data):
+    model = onefit.zoo.mlp(hidden=16, layers=1)
+    batches = list(data[0])[:3]
+    onefit.recalibrate_bn(model, batches, batches=3)
+    feats = torch.cat([model[1](model[0](x)) for x, _ in batches])
+    assert torch.allclose(model[2].running_mean, feats.mean(0), atol=1e-5)
+    assert not model.training
+
+
+def test_elasticize_does_not_touch_batch_norm_statistics():
+    model = onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)).train()
+    family = onefit.elasticize(model, (torch.randn(1, 1, 8, 8),))
+    model.eval(), family.eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(family(x), model(x), atol=1e-6)
+    assert model.training is False and family.module.stages.training is False
