@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing else can pull a CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,bench]'
+	$(PIP) -e '.[test,bench,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/nested_vs_individual.py
+	$(PY) bench/latency.py
 
 clean:
 	rm -rf .venv runs .pytest_cache

@@ -74,17 +74,17 @@ def test_a_save_killed_before_the_manifest_leaves_the_previous_checkpoint(tmp_pa
         before = family(x)
         for p in family.parameters():
             p.mul_(2)
-    real = onefit.checkpoint._atomic_write
+    real = onefit.checkpoint.atomic_write
 
     def dies_on_manifest(path, data):
         if path.name == "family.json":
             raise KeyboardInterrupt("killed")
         real(path, data)
 
-    monkeypatch.setattr(onefit.checkpoint, "_atomic_write", dies_on_manifest)
+    monkeypatch.setattr(onefit.checkpoint, "atomic_write", dies_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         family.save(folder)
-    monkeypatch.setattr(onefit.checkpoint, "_atomic_write", real)
+    monkeypatch.setattr(onefit.checkpoint, "atomic_write", real)
     with torch.no_grad():
         assert torch.equal(onefit.load(folder).eval()(x), before)
 

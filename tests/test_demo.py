@@ -1,21 +1,43 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from onefit.cli import app
 from onefit.demo import DemoConfig, run_demo
 
 
-def test_demo_tabulates_sub_models_from_smallest_to_largest(tmp_path):
-    result = run_demo(tmp_path / "run", DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8), progress=False)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo") / "run"
+    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8), progress=False)
+
+
+def test_demo_tabulates_sub_models_from_smallest_to_largest(demo_run):
+    folder, result = demo_run
     rows = result["rows"]
     assert len(rows) == 8
     assert [r["params"] for r in rows] == sorted(r["params"] for r in rows)
     assert rows[0]["params"] < rows[-1]["params"] / 5
     assert all(0 <= r["accuracy"] <= 100 and r["latency_b1"]["median_ms"] > 0 for r in rows)
-    saved = json.loads((tmp_path / "run" / "table.json").read_text())
+    saved = json.loads((folder / "table.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows))
-    assert (tmp_path / "run" / "config.json").exists() and (tmp_path / "run" / "family" / "family.json").exists()
+    assert (folder / "config.json").exists() and (folder / "family" / "family.json").exists()
+
+
+def test_cli_exports_a_sub_model_from_the_demo_run(demo_run):
+    folder, result = demo_run
+    runner = CliRunner()
+    budget = result["rows"][4]["params"]
+    out = runner.invoke(app, ["export", str(folder), "--params", str(budget), "--int8", "--name", "small"])
+    assert out.exit_code == 0, out.output
+    report = json.loads((folder / "models" / "small-int8.json").read_text())
+    assert report["method"] == "static-qdq" and report["cosine"] > 0.98 and "change" in report["accuracy"]
+    assert (folder / "models" / "small-int8.onnx").stat().st_size == report["bytes"]
+    bad = runner.invoke(app, ["export", str(folder), "--arch", '{"depth:stages.0": 9}'])
+    assert bad.exit_code == 2 and "allowed values are [1, 2, 3]" in bad.output
+    missing = runner.invoke(app, ["export", str(folder / "nope")])
+    assert missing.exit_code == 2 and "family.json is missing" in missing.output
 
 
 def test_cli_lists_its_commands_and_rejects_bad_options():

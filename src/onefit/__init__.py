@@ -10,7 +10,15 @@ from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import zoo
-from onefit.train import SandwichSampler, SortedNetConfig, SortedNetRecipe, recalibrate_bn, train
+from onefit.train import (
+    SandwichSampler,
+    SortedNetConfig,
+    SortedNetRecipe,
+    evaluate,
+    recalibrate_bn,
+    train,
+    train_plain,
+)
 
 __version__ = "0.1.0"
 
@@ -31,10 +39,12 @@ __all__ = [
     "count_macs",
     "count_params",
     "elasticize",
+    "evaluate",
     "largest_within",
     "load",
     "recalibrate_bn",
     "sort_",
     "train",
+    "train_plain",
     "zoo",
 ]

@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete, tampered with or for another model."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -48,7 +48,7 @@ def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor])
     digest = hashlib.sha256(data).hexdigest()
     name = f"{stem}-{digest[:16]}.safetensors"
     if not (directory / name).exists():
-        _atomic_write(directory / name, data)
+        atomic_write(directory / name, data)
     return {"file": name, "sha256": digest}
 
 
@@ -95,13 +95,14 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
         "example_inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                            for x in family.example_inputs],
         "history": family.history,
+        "latency_models": {k: m.to_json() for k, m in family.latency_models.items()},
         "weights": _write_tensors(directory, "weights", family.module.state_dict()),
     }
     if optimizer is not None:
         tensors, meta = _optimizer_tensors(optimizer)
         manifest["optimizer"] = {**_write_tensors(directory, "optimizer", tensors), **meta}
         manifest["progress"] = progress or {}
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
     named = {manifest["weights"]["file"], manifest.get("optimizer", {}).get("file")}
     for stale in directory.glob("*.safetensors"):
         if stale.name not in named:
@@ -167,8 +168,11 @@ def restore_(family, directory):
             f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]}"
         )
+    from onefit.cost.latency_model import LatencyModel
+
     family.module.load_state_dict(weights)
     family.source, family.history = manifest.get("source"), manifest.get("history", [])
+    family.latency_models = {k: LatencyModel.from_json(v) for k, v in manifest.get("latency_models", {}).items()}
     return family
 
 

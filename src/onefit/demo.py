@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from onefit.checkpoint import _atomic_write
+from onefit.checkpoint import atomic_write
 from onefit.cost import costs, measure_latency
 from onefit.data import digits
 from onefit.family import elasticize
@@ -68,7 +68,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
             "summary": summarize(family, arch),
             **costs(family, arch),
             "accuracy": evaluate(sub, test_data),
-            "latency_b1": measure_latency(sub, example),
+            "latency_b1": measure_latency(sub, example, backend="onnxruntime").to_json(),
         })
     budget = rows[len(rows) // 2]["params"]
     pick = largest_within(family, params=budget)
@@ -80,8 +80,9 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
         "largest_within_params": {"budget": budget, "arch": pick, "summary": summarize(family, pick)},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _atomic_write(out / "config.json", json.dumps(asdict(config), indent=1).encode())
-    _atomic_write(out / "table.json", json.dumps(result, indent=1).encode())
+    run_config = {"data": "onefit.data:digits", "data_kwargs": {"batch_size": 64, "seed": config.seed}, **asdict(config)}
+    atomic_write(out / "config.json", json.dumps(run_config, indent=1).encode())
+    atomic_write(out / "table.json", json.dumps(result, indent=1).encode())
     return result
 
 
@@ -90,7 +91,7 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"digits ResNet family: {result['space_size']:,} sub-models, {len(result['rows'])} shown")
-    for col in ("#", "sub-model", "params", "MACs", "test acc %", "latency b=1 (ms, median)"):
+    for col in ("#", "sub-model", "params", "MACs", "test acc %", "ORT latency b=1 (ms)"):
         table.add_column(col, justify="left" if col == "sub-model" else "right")
     for i, row in enumerate(result["rows"]):
         lat = row["latency_b1"]

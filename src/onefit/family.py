@@ -61,6 +61,7 @@ class Family(nn.Module):
         self.example_inputs = example_inputs
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
+        self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
         dims = [
             Dimension(g.name, "width", config.width_choices(g.size, g.multiple))
             for g in plan.groups.values()

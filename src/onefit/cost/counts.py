@@ -28,23 +28,33 @@ def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: 
 
 
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
-    """``{"params": ..., "macs": ...}`` of the sub-model ``arch``."""
+    """Costs of the sub-model ``arch``, per sample where it matters:
+
+    params, macs; weight_bytes (fp32 today: 4 bytes a parameter); layers (active Linear and conv
+    layers); activation_bytes, an estimate of peak activation memory: the largest input plus
+    output of any one layer, at 4 bytes an element.
+    """
     arch = family.space.complete(arch)
     sizes = family.layer_sizes(arch)
-    params = macs = 0
+    params = macs = layers = peak = 0
     counted: set[str] = set()
     for name, layer in family.plan.layers.items():
         counted.add(name)
         if not family.is_active(name, arch):
             continue
         module = family.module.get_submodule(name)
-        p, m = _layer_cost(module, layer.kind, *sizes[name], layer.positions)
+        n_in, n_out = sizes[name]
+        p, m = _layer_cost(module, layer.kind, n_in, n_out, layer.positions)
         params, macs = params + p, macs + m
+        if layer.kind in ("linear", "conv", "conv_pass"):
+            layers += 1
+            peak = max(peak, layer.in_positions * n_in + layer.positions * n_out)
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
         if owner not in counted and family.is_active(owner, arch):
             params += param.numel()
-    return {"params": params, "macs": macs}
+    return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": layers,
+            "activation_bytes": 4 * peak}
 
 
 def count_params(family, arch: Mapping[str, Any]) -> int:

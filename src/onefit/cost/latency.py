@@ -1,31 +1,113 @@
-"""Measured latency of a module on torch eager: warm-up, many repeats, median and p90."""
+"""Measured latency on the runtime a model ships on: ONNX Runtime (default), torch eager, torch.compile.
+
+Each measurement warms up, repeats, and reports the median and p90 with the conditions that
+produced them (backend, batch, threads, repeats), so a figure never travels without its context.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
 import statistics
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+BACKENDS = ("onnxruntime", "eager", "compile")
 
-def measure_latency(module: nn.Module, example: torch.Tensor, *, repeats: int = 50, warmup: int = 10) -> dict:
-    """Wall-clock latency of ``module(example)`` in milliseconds, with the conditions recorded."""
-    module.eval()
+
+@dataclass
+class Latency:
+    median_ms: float
+    p90_ms: float
+    backend: str
+    batch: int
+    threads: int
+    repeats: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def environment() -> dict:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    return info
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _runner(target, example: torch.Tensor, backend: str, threads: int) -> Callable[[], object]:
+    if backend == "onnxruntime":
+        from onefit.export.onnx import _session, export
+
+        if isinstance(target, nn.Module):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, "model.onnx")
+                export(target, path, (example,))
+                session = _session(path, threads)
+        else:
+            session = _session(Path(target), threads)
+        feeds = {session.get_inputs()[0].name: example.numpy()}
+        return lambda: session.run(None, feeds)
+    if not isinstance(target, nn.Module):
+        raise TypeError(f"backend {backend!r} needs an nn.Module, got {type(target).__name__}")
+    module = target.eval()
+    if backend == "compile":
+        module = torch.compile(module)
+    return lambda: module(example)
+
+
+def measure_latency(
+    target: nn.Module | str | Path,
+    example: torch.Tensor,
+    *,
+    backend: str = "onnxruntime",
+    threads: int | None = None,
+    repeats: int = 50,
+    warmup: int = 10,
+) -> Latency:
+    """Latency of one forward pass of ``target`` (a module, or an ONNX file for onnxruntime)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    threads = threads or torch.get_num_threads()
     times = []
-    with torch.inference_mode():
+    with _torch_threads(threads), torch.inference_mode():
+        run = _runner(target, example, backend, threads)
         for _ in range(warmup):
-            module(example)
+            run()
         for _ in range(repeats):
             t0 = time.perf_counter()
-            module(example)
+            run()
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return {
-        "median_ms": statistics.median(times),
-        "p90_ms": times[int(0.9 * (len(times) - 1))],
-        "batch": int(example.shape[0]),
-        "threads": torch.get_num_threads(),
-        "backend": "torch-eager",
-        "repeats": repeats,
-    }
+    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend, int(example.shape[0]),
+                   threads, repeats)

@@ -156,8 +156,10 @@ class _Walker:
         if isinstance(mod, nn.Linear):
             x = self.input_chan(node, -1, name, unit_ok=True)
             group = self.new_group(mod.out_features)
+            in_positions = math.prod(_shape(node.args[0])[1:-1])
             self.layers[name] = LayerPlan(
-                name, "linear", x and x.group, group, x.unit if x else 1, math.prod(out_shape[1:-1])
+                name, "linear", x and x.group, group, x.unit if x else 1, math.prod(out_shape[1:-1]),
+                in_positions=in_positions,
             )
             return _Chan(group, len(out_shape) - 1)
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
@@ -181,12 +183,14 @@ class _Walker:
 
     def visit_conv(self, node: fx.Node, mod: nn.Module, out_shape: tuple) -> _Chan | None:
         name, positions = node.target, math.prod(out_shape[2:])
+        in_positions = math.prod(_shape(node.args[0])[2:])
         if mod.groups > 1 and mod.in_channels == mod.out_channels:
             x = self.input_chan(node, 1, name)
             if x is not None:
                 root = self.root(x.group)
                 self.multiple[root] = math.lcm(self.multiple.get(root, 1), mod.in_channels // mod.groups)
-            self.layers[name] = LayerPlan(name, "conv_pass", x and x.group, x and x.group, 1, positions)
+            self.layers[name] = LayerPlan(name, "conv_pass", x and x.group, x and x.group, 1, positions,
+                                          in_positions=in_positions)
             return x
         x = self.input_chan(node, 1, name)
         if mod.groups > 1:
@@ -195,7 +199,7 @@ class _Walker:
         group = self.new_group(mod.out_channels)
         if mod.groups > 1:
             self.frozen[group] = f"{name}: grouped convolution with unequal in/out widths"
-        self.layers[name] = LayerPlan(name, "conv", x and x.group, group, 1, positions)
+        self.layers[name] = LayerPlan(name, "conv", x and x.group, group, 1, positions, in_positions=in_positions)
         return _Chan(group, 1)
 
     def visit_function(self, node: fx.Node, op: str) -> _Chan | None:

@@ -45,6 +45,7 @@ class LayerPlan:
     in_unit: int = 1  # input features per channel (a flattened C x H x W map has H*W)
     positions: int = 1  # output positions per sample (H*W for a conv, tokens for a Linear)
     reason: str | None = None
+    in_positions: int = 1  # input positions per sample (input elements = in_positions * input features)
 
 
 @dataclass

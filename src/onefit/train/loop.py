@@ -10,6 +10,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from onefit.checkpoint import load_training_state, restore_, save_family
 from onefit.train.sorted import SortedNetRecipe
 
 
@@ -64,8 +65,6 @@ def train(
     and the position are saved there after each epoch, and a later call with the same folder
     resumes from the last finished epoch. Returns the per-epoch history (also kept on the family).
     """
-    from onefit.checkpoint import load_training_state, restore_, save_family
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     recipe = recipe or SortedNetRecipe()

@@ -1,0 +1,66 @@
+"""int8 through ONNX Runtime's quantization tools.
+
+Dynamic int8 makes convolutions slower on CPU, so models with convolutions get static QDQ
+quantization with activation ranges calibrated on real batches; Linear-only models (e.g.
+transformers) get dynamic quantization, whose activation ranges are computed at run time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from itertools import islice
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+MAX_CALIBRATION_BATCHES = 32
+
+
+def _calibration_batches(calibration: Iterable, examples: tuple) -> list[np.ndarray]:
+    expected = tuple(examples[0].shape[1:])
+    batches = []
+    for i, item in enumerate(islice(calibration, MAX_CALIBRATION_BATCHES)):
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != expected:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"calibration batch {i} has shape {got}; expected (batch, *{expected})")
+        batches.append(x.detach().cpu().numpy().astype(np.float32))
+    if not batches:
+        raise ValueError("calibration data is empty")
+    return batches
+
+
+def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None) -> tuple[bytes, str]:
+    """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic")."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+    )
+
+    has_conv = any(node.op_type == "Conv" for node in onnx.load_from_string(model_bytes).graph.node)
+    if has_conv and calibration is None:
+        raise ValueError(
+            "int8 export of a model with convolutions needs calibration=... (a few batches of real "
+            "inputs): it uses static QDQ quantization, since dynamic int8 slows convolutions down"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(model_bytes)
+        if has_conv:
+            batches = _calibration_batches(calibration, examples)
+            name = onnx.load_from_string(model_bytes).graph.input[0].name
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter({name: b} for b in batches)
+
+                def get_next(self):
+                    return next(self.items, None)
+
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes(), "static-qdq"
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        return dst.read_bytes(), "dynamic"

@@ -1,0 +1,94 @@
+"""ONNX export: parity for every zoo model, int8 paths, and failures that leave nothing behind."""
+
+import pytest
+import torch
+from torch import nn
+
+import onefit
+from onefit.export import ExportError, export
+from conftest import MODELS, randomize_norms
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_zoo_sub_model_exports_with_parity(name, tmp_path):
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    family = onefit.elasticize(randomize_norms(build()), (x,))
+    for arch in (family.space.min(), family.space.max()):
+        report = export(family.extract(arch), tmp_path / f"{name}.onnx", (x,))
+        assert report.max_abs_error < 1e-4 and report.cosine > 0.99999
+        assert (tmp_path / f"{name}.onnx").stat().st_size == report.bytes
+
+
+def test_dynamo_exporter_gives_a_dynamic_batch(tmp_path):
+    from onefit.export.onnx import _session, run_onnx
+
+    model = onefit.zoo.mlp(hidden=16).eval()
+    report = export(model, tmp_path / "m.onnx", (torch.randn(2, 1, 8, 8),), exporter="dynamo")
+    assert report.exporter == "dynamo"
+    session = _session(tmp_path / "m.onnx")
+    x = torch.randn(7, 1, 8, 8)
+    assert torch.allclose(torch.from_numpy(run_onnx(session, (x,))), model(x), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from onefit.data import digits
+
+    train_data, test_data = digits(batch_size=64)
+    torch.manual_seed(0)
+    cnn = onefit.train_plain(onefit.zoo.plain_cnn(widths=(8, 16), blocks=2), train_data, 2, progress=False)
+    mlp = onefit.train_plain(onefit.zoo.mlp(hidden=32), train_data, 2, progress=False)
+    return train_data, test_data, cnn, mlp
+
+
+def test_int8_uses_static_qdq_for_convolutions_and_dynamic_for_linear(trained, tmp_path):
+    train_data, test_data, cnn, mlp = trained
+    x = next(iter(test_data))[0][:4]
+    fp32 = export(cnn, tmp_path / "cnn.onnx", (x,))
+    q = export(cnn, tmp_path / "cnn8.onnx", (x,), quantize="int8", calibration=train_data, eval_data=test_data)
+    assert q.method == "static-qdq" and q.bytes < fp32.bytes and q.cosine > 0.98
+    assert abs(q.accuracy["change"]) < 5
+    d = export(mlp, tmp_path / "mlp8.onnx", (x,), quantize="int8", eval_data=test_data)
+    assert d.method == "dynamic" and abs(d.accuracy["change"]) < 5
+
+
+def test_bad_calibration_is_a_clear_error_and_leaves_no_file(trained, tmp_path):
+    _, test_data, cnn, _ = trained
+    x = next(iter(test_data))[0][:4]
+    target = tmp_path / "cnn8.onnx"
+    with pytest.raises(ValueError, match="needs calibration"):
+        export(cnn, target, (x,), quantize="int8")
+    with pytest.raises(ValueError, match=r"calibration batch 0 has shape \(4, 64\); expected \(batch, \*\(1, 8, 8\)\)"):
+        export(cnn, target, (x,), quantize="int8", calibration=[x.flatten(1)])
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export(cnn, target, (x,), quantize="int4")
+    assert list(tmp_path.iterdir()) == []
+
+
+class Unexportable(nn.Module):
+    def forward(self, x):
+        return torch.from_numpy(x.numpy() * 2)  # leaves torch: no exporter can follow
+
+
+class Drifts(nn.Module):
+    """Exports fine but its PyTorch output is not what the graph computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x) * (1.0 if self.calls == 1 else 2.0)  # traced once, then drifts
+
+
+def test_failures_are_loud_and_leave_nothing_at_the_target(tmp_path):
+    target = tmp_path / "out.onnx"
+    with pytest.raises(ExportError, match="froze a shape"):
+        export(Unexportable(), target, (torch.randn(2, 4),))
+    with pytest.raises(ExportError, match="parity check failed for Drifts"):
+        export(Drifts(), target, (torch.randn(2, 4),), exporter="torchscript")
+    assert not target.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
