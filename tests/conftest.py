@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from onefit.zoo import mlp, plain_cnn, resnet
+from onefit.zoo import convnext, mlp, mobilenet_v2, mobilenet_v3, plain_cnn, resnet
 
 
 class DepthwiseNet(nn.Module):
@@ -63,6 +63,10 @@ MODELS = {
     "mlp": (lambda: mlp(in_features=64, hidden=32, layers=3), (6, 1, 8, 8)),
     "plain_cnn": (lambda: plain_cnn(widths=(8, 16), blocks=3), (4, 1, 8, 8)),
     "resnet": (lambda: resnet(widths=(8, 16), blocks=(2, 3)), (4, 1, 8, 8)),
+    "resnet_bottleneck": (lambda: resnet(widths=(4, 8), blocks=(2, 2), bottleneck=True), (4, 1, 8, 8)),
+    "mobilenet_v2": (mobilenet_v2, (4, 1, 8, 8)),
+    "mobilenet_v3": (mobilenet_v3, (4, 1, 8, 8)),
+    "convnext": (convnext, (4, 1, 8, 8)),
     "depthwise": (DepthwiseNet, (4, 3, 8, 8)),
     "flatten": (FlattenNet, (4, 1, 8, 8)),
     "temporal": (TemporalNet, (4, 4, 20)),

@@ -15,3 +15,14 @@ def test_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     assert len(saved["runs"][0]["rows"]) == 2
     assert "| (b) alone | (c) truncated |" in (tmp_path / "nested_vs_individual.md").read_text()
+
+
+def test_latency_benchmark_quick_run_writes_json_and_markdown(tmp_path, monkeypatch):
+    import latency
+
+    monkeypatch.setenv("ONEFIT_CACHE", str(tmp_path / "cache"))
+    result = latency.main(["--quick", "--out", str(tmp_path)])
+    rows = result["cnn"]["rows"]
+    assert len(rows) == 2 and all(r["b64"]["ort_int8"]["batch"] == 64 for r in rows)
+    assert set(result["summary"]["latency_model"]) == {"b1", "b64"}
+    assert "ORT fp32 speed-up over eager" in (tmp_path / "latency.md").read_text()

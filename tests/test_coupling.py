@@ -58,3 +58,23 @@ def test_unknown_ops_and_shared_layers_freeze_what_they_touch():
     assert "called more than once" in g["shared"].frozen
     assert not any(group.elastic for group in plan.groups.values())
     assert plan.notes  # every freeze by an op is listed
+
+
+def test_permute_to_channels_last_keeps_tracking_the_channels():
+    from onefit.zoo import convnext
+
+    plan = analyze(convnext(dims=(8, 16), depths=(2, 1)), (torch.randn(1, 1, 8, 8),))
+    g = groups_by_producer(plan)
+    # pwconv2 writes back onto the residual stream, through a permute, so it joins the stem's group.
+    assert g["stages.0.1.0.pwconv2"] is g["stem"] is g["stages.0.1.1.pwconv2"]
+    assert plan.layers["stages.0.1.0.norm"].in_group == g["stem"].id  # LayerNorm over channels-last C
+    assert g["stages.0.1.0.pwconv1"].elastic
+
+
+def test_squeeze_excite_gate_joins_the_channels_it_scales():
+    from onefit.zoo import mobilenet_v3
+
+    plan = analyze(mobilenet_v3(), (torch.randn(1, 1, 8, 8),))
+    g = groups_by_producer(plan)
+    assert g["stages.1.0.se.expand"] is g["stages.1.0.expand.0"]
+    assert plan.layers["stages.1.0.depthwise.0"].kind == "conv_pass"

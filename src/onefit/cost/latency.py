@@ -61,7 +61,7 @@ def _torch_threads(threads: int):
         torch.set_num_threads(saved)
 
 
-def _runner(target, example: torch.Tensor, backend: str, threads: int) -> Callable[[], object]:
+def _runner(target, examples: tuple, backend: str, threads: int) -> Callable[[], object]:
     if backend == "onnxruntime":
         from onefit.export.onnx import _session, export
 
@@ -70,38 +70,40 @@ def _runner(target, example: torch.Tensor, backend: str, threads: int) -> Callab
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp, "model.onnx")
-                export(target, path, (example,))
+                export(target, path, examples)
                 session = _session(path, threads)
         else:
             session = _session(Path(target), threads)
-        feeds = {session.get_inputs()[0].name: example.numpy()}
+        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), examples)}
         return lambda: session.run(None, feeds)
     if not isinstance(target, nn.Module):
         raise TypeError(f"backend {backend!r} needs an nn.Module, got {type(target).__name__}")
     module = target.eval()
     if backend == "compile":
         module = torch.compile(module)
-    return lambda: module(example)
+    return lambda: module(*examples)
 
 
 def measure_latency(
     target: nn.Module | str | Path,
-    example: torch.Tensor,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     backend: str = "onnxruntime",
     threads: int | None = None,
     repeats: int = 50,
     warmup: int = 10,
 ) -> Latency:
-    """Latency of one forward pass of ``target`` (a module, or an ONNX file for onnxruntime)."""
+    """Latency of one forward pass of ``target`` (a module, or an ONNX file for onnxruntime) on
+    ``example`` (a tensor or a tuple of input tensors)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     threads = threads or torch.get_num_threads()
+    examples = example if isinstance(example, tuple) else (example,)
     times = []
     with _torch_threads(threads), torch.inference_mode():
-        run = _runner(target, example, backend, threads)
+        run = _runner(target, examples, backend, threads)
         for _ in range(warmup):
             run()
         for _ in range(repeats):
@@ -109,5 +111,5 @@ def measure_latency(
             run()
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend, int(example.shape[0]),
-                   threads, repeats)
+    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend,
+                   int(examples[0].shape[0]), threads, repeats)

@@ -62,5 +62,6 @@ def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | N
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
             return dst.read_bytes(), "static-qdq"
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        # Per-channel weight scales: on MiniLM, embedding cosine to fp32 goes from ~0.94 to ~0.98+.
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
         return dst.read_bytes(), "dynamic"

@@ -218,6 +218,8 @@ class _Walker:
             return self.flatten(node, start, end)
         if op in ("view", "reshape"):
             return self.reshape(node, op)
+        if op in ("permute", "transpose"):
+            return self.permute(node, op)
         return self.unknown(node, f"op {op}")
 
     def binary(self, node: fx.Node, op: str) -> _Chan | None:
@@ -282,6 +284,19 @@ class _Walker:
         if chan.axis == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0] and literal == [-1]:
             return self.flatten(node, 1, -1)
         return self.unknown(node, f"{op} to a fixed shape {tuple(out_shape)}")
+
+    def permute(self, node: fx.Node, op: str) -> _Chan | None:
+        x = node.args[0]
+        chan, ndim = self.chan.get(x), len(_shape(x))
+        if chan is None:
+            return None
+        if op == "transpose":
+            d0, d1 = (a % ndim for a in node.args[1:3])
+            axis = {d0: d1, d1: d0}.get(chan.axis, chan.axis)
+        else:
+            dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+            axis = [d % ndim for d in dims].index(chan.axis)
+        return _Chan(chan.group, axis, chan.unit)
 
     # -- result --------------------------------------------------------------------------------
     def plan(self, stages: list[StagePlan]) -> Plan:

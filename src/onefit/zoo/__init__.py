@@ -5,9 +5,12 @@ Every factory is a plain function of keyword arguments, so a family can record i
 """
 
 from onefit.zoo.cnn import plain_cnn, resnet
+from onefit.zoo.convnext import convnext
 from onefit.zoo.mlp import mlp
+from onefit.zoo.mobile import mobilenet_v2, mobilenet_v3
 
-MODELS = {"mlp": mlp, "plain_cnn": plain_cnn, "resnet": resnet}
+MODELS = {"convnext": convnext, "mlp": mlp, "mobilenet_v2": mobilenet_v2, "mobilenet_v3": mobilenet_v3,
+          "plain_cnn": plain_cnn, "resnet": resnet}
 
 
 def build(name: str, **kwargs):
@@ -17,4 +20,4 @@ def build(name: str, **kwargs):
     return MODELS[name](**kwargs), {"factory": f"onefit.zoo:{name}", "kwargs": kwargs}
 
 
-__all__ = ["MODELS", "build", "mlp", "plain_cnn", "resnet"]
+__all__ = ["MODELS", "build", "convnext", "mlp", "mobilenet_v2", "mobilenet_v3", "plain_cnn", "resnet"]

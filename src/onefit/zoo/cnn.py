@@ -38,15 +38,38 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
 
-class ResNet(nn.Module):
-    def __init__(self, in_channels: int, widths: tuple, blocks: tuple, classes: int, stem_stride: int = 1):
+class Bottleneck(nn.Module):
+    """He et al. 2016: 1x1 reduce, 3x3, 1x1 expand (x4), and a shortcut."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
         super().__init__()
+        cout = width * self.expansion
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return torch.relu(self.bn3(self.conv3(y)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, in_channels: int, widths: tuple, blocks: tuple, classes: int, stem_stride: int = 1,
+                 bottleneck: bool = False):
+        super().__init__()
+        block, grow = (Bottleneck, Bottleneck.expansion) if bottleneck else (BasicBlock, 1)
         self.stem = _conv_bn(in_channels, widths[0], stem_stride)
         stages, cin = [], widths[0]
         for i, (width, n) in enumerate(zip(widths, blocks)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(cin, width, stride), *[BasicBlock(width, width) for _ in range(n - 1)]))
-            cin = width
+            stages.append(nn.Sequential(block(cin, width, stride), *[block(width * grow, width) for _ in range(n - 1)]))
+            cin = width * grow
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(cin, classes)
 
@@ -56,7 +79,9 @@ class ResNet(nn.Module):
 
 
 def resnet(
-    in_channels: int = 1, widths: tuple = (32, 64), blocks: tuple = (3, 3), classes: int = 10, stem_stride: int = 1
+    in_channels: int = 1, widths: tuple = (32, 64), blocks: tuple = (3, 3), classes: int = 10, stem_stride: int = 1,
+    bottleneck: bool = False,
 ) -> ResNet:
-    """A ResNet with one stage per width; stages after the first halve the resolution."""
-    return ResNet(in_channels, tuple(widths), tuple(blocks), classes, stem_stride)
+    """A ResNet with one stage per width (basic blocks, or bottleneck blocks of 4x expansion);
+    stages after the first halve the resolution."""
+    return ResNet(in_channels, tuple(widths), tuple(blocks), classes, stem_stride, bottleneck)

@@ -1,0 +1,228 @@
+"""Latency on real runtimes, side by side in one run: torch eager vs ONNX Runtime fp32 vs ONNX
+Runtime int8, at batch 1 and 64, for sub-models of the digits ResNet family and for the real
+pretrained all-MiniLM-L6-v2; accuracy (or embedding cosine) of each; the latency model's error on
+held-out sub-models; efficiency against this machine's roofline.
+
+    python bench/latency.py            # full run, writes bench/results/latency.{json,md}
+    python bench/latency.py --quick    # a smoke run (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import onefit
+from onefit.cost import LatencyModel, environment, machine_roofline, measure_latency
+from onefit.data import digits
+from onefit.demo import spread
+from onefit.export import export, run_onnx
+from onefit.export.onnx import _session
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def trained_family(epochs: int, seed: int = 0):
+    train_data, test_data = digits(batch_size=64, seed=seed)
+    torch.manual_seed(seed)
+    model = onefit.zoo.resnet(widths=(32, 64), blocks=(3, 3))
+    onefit.train_plain(model, train_data, epochs, progress=False)
+    family = onefit.sort_(onefit.elasticize(model, (next(iter(test_data))[0][:1],)))
+    onefit.train(family, train_data, onefit.SortedNetRecipe(onefit.SortedNetConfig(seed=seed)), epochs=epochs,
+                 progress=False)
+    return family, train_data, test_data
+
+
+def batch_of(data, n: int) -> torch.Tensor:
+    xs = torch.cat([x for x, _ in data])
+    return xs[:n] if len(xs) >= n else xs.repeat(n // len(xs) + 1, 1, 1, 1)[:n]
+
+
+def three_backends(module, fp32_path, int8_path, example, repeats: int, roof, macs: int) -> dict:
+    """Latency of the three runtimes on one input, measured back to back."""
+    out = {}
+    for name, target, backend in (("eager", module, "eager"), ("ort_fp32", fp32_path, "onnxruntime"),
+                                  ("ort_int8", int8_path, "onnxruntime")):
+        lat = measure_latency(target, example, backend=backend, repeats=repeats, warmup=max(3, repeats // 10))
+        out[name] = {**lat.to_json(), "efficiency": roof.efficiency(macs * lat.batch, lat.median_ms, int8=name == "ort_int8")}
+    return out
+
+
+def cnn_part(args, tmp: Path, roof) -> dict:
+    family, train_data, test_data = trained_family(args.epochs)
+    rows = []
+    for i, arch in enumerate(spread(family.space.nested_chain(), args.submodels)):
+        module = onefit.recalibrate_bn(family.extract(arch), train_data)
+        example = batch_of(test_data, 1)
+        fp32 = export(module, tmp / f"cnn{i}.onnx", (example,), eval_data=test_data)
+        int8 = export(module, tmp / f"cnn{i}-int8.onnx", (example,), quantize="int8", calibration=train_data,
+                      eval_data=test_data)
+        cost = onefit.costs(family, arch)
+        row = {"arch": arch, **cost, "accuracy": {"torch": fp32.accuracy["torch"], "ort_fp32": fp32.accuracy["onnx"],
+                                                 "ort_int8": int8.accuracy["onnx"]},
+               "bytes": {"fp32": fp32.bytes, "int8": int8.bytes}}
+        for batch in (1, 64):
+            x = batch_of(test_data, batch)
+            bound = roof.bound_ms(cost["macs"] * batch, cost["weight_bytes"] + cost["activation_bytes"] * batch)
+            row[f"b{batch}"] = {**three_backends(module, fp32.path, int8.path, x, args.repeats, roof, cost["macs"]),
+                                "roofline_bound_ms": bound}
+        rows.append(row)
+        print(f"  cnn {i}: params {cost['params']:,} b1 eager {row['b1']['eager']['median_ms']:.3f} "
+              f"ort {row['b1']['ort_fp32']['median_ms']:.3f} int8 {row['b1']['ort_int8']['median_ms']:.3f} | b64 "
+              f"eager {row['b64']['eager']['median_ms']:.2f} ort {row['b64']['ort_fp32']['median_ms']:.2f} "
+              f"int8 {row['b64']['ort_int8']['median_ms']:.2f} ms", flush=True)
+    return {"rows": rows, "latency_model": latency_model_part(family, args, tmp)}
+
+
+def latency_model_part(family, args, tmp: Path) -> dict:
+    """Fit on measured random sub-models, report the error on sub-models it never saw."""
+    rng = random.Random(1)
+    archs = [family.space.sample(rng) for _ in range(args.fit + args.held_out)]
+    result = {}
+    for batch in (1, 64):
+        x = torch.randn(batch, *family.example_inputs[0].shape[1:])
+        measured = []
+        for i, arch in enumerate(archs):
+            path = tmp / f"lm{i}.onnx"
+            if batch == 1:
+                export(family.extract(arch), path, (x,))
+            measured.append(measure_latency(path, x, repeats=args.repeats, warmup=5).median_ms)
+        model = LatencyModel.fit(family, archs[: args.fit], measured[: args.fit], backend="onnxruntime", batch=batch)
+        family.latency_models[f"onnxruntime-b{batch}"] = model
+        result[f"b{batch}"] = {"fit": model.fit_error,
+                               "held_out": model.error(family, archs[args.fit:], measured[args.fit:])}
+        print(f"  latency model b{batch}: held-out {result[f'b{batch}']['held_out']}", flush=True)
+    return result
+
+
+def minilm_part(args, tmp: Path, roof) -> dict:
+    from onefit.zoo.minilm import SENTENCES, minilm, tokenize
+
+    model, tokenizer = minilm()
+    ids, mask = tokenize(tokenizer, SENTENCES)
+    fp32 = export(model, tmp / "minilm.onnx", (ids[:2], mask[:2]))
+    int8 = export(model, tmp / "minilm-int8.onnx", (ids[:2], mask[:2]), quantize="int8")
+    with torch.no_grad():
+        reference = model(ids, mask)
+    cosines = {}
+    for name, path in (("ort_fp32", fp32.path), ("ort_int8", int8.path)):
+        got = torch.from_numpy(run_onnx(_session(Path(path)), (ids, mask)))
+        cosines[name] = torch.nn.functional.cosine_similarity(got, reference, dim=-1).tolist()
+    # One multiply-add per encoder weight per token; attention's own products (T^2 terms) are left out.
+    encoder_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+    macs = encoder_params * ids.shape[1]
+    out = {"params": sum(p.numel() for p in model.parameters()), "macs_estimate": macs, "sequence": ids.shape[1],
+           "bytes": {"fp32": fp32.bytes, "int8": int8.bytes}, "cosine_to_torch": cosines}
+    for batch in (1, 64):
+        reps = max(args.repeats // (1 if batch == 1 else 10), 5)
+        x = (ids.repeat(6, 1)[:batch], mask.repeat(6, 1)[:batch])
+        out[f"b{batch}"] = three_backends(model, fp32.path, int8.path, x, reps, roof, macs)
+        print(f"  minilm b{batch}: " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in out[f"b{batch}"].items()),
+              flush=True)
+    return out
+
+
+def ratio_stats(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(cnn: dict, minilm: dict | None) -> dict:
+    rows = cnn["rows"]
+    s = {
+        "cnn_ort_fp32_speedup_over_eager_b1": ratio_stats([r["b1"]["eager"]["median_ms"] / r["b1"]["ort_fp32"]["median_ms"] for r in rows]),
+        "cnn_int8_speedup_over_ort_fp32_b64": ratio_stats([r["b64"]["ort_fp32"]["median_ms"] / r["b64"]["ort_int8"]["median_ms"] for r in rows]),
+        "cnn_int8_accuracy_change": ratio_stats([r["accuracy"]["ort_int8"] - r["accuracy"]["ort_fp32"] for r in rows]),
+        "latency_model": cnn["latency_model"],
+    }
+    if minilm:
+        s["minilm_int8_min_cosine"] = min(minilm["cosine_to_torch"]["ort_int8"])
+    return s
+
+
+def markdown(result: dict) -> str:
+    s, env, roof = result["summary"], result["environment"], result["roofline"]
+    lines = [
+        "# Latency on real runtimes\n",
+        f"`{result['command']}` on {env['cpu']} ({env['cores']} cores, {result['threads']} threads), torch "
+        f"{env['torch']}, onnxruntime {env.get('onnxruntime')}. Medians of {result['repeats']} repeats; p90 in the JSON.",
+        f"Roofline: fp32 {roof['fp32_gflops']} GFLOP/s, int8 {roof['int8_gops']} GOP/s, memory {roof['bandwidth_gbs']} GB/s.\n",
+        "## digits ResNet family (latency in ms)\n",
+        "| params | MACs | acc torch / fp32 / int8 | b1 eager | b1 ORT fp32 | b1 ORT int8 | b64 eager | b64 ORT fp32 | b64 ORT int8 | b64 fp32 efficiency | b64 bound |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["cnn"]["rows"]:
+        a, b1, b64 = r["accuracy"], r["b1"], r["b64"]
+        lines.append(
+            f"| {r['params']:,} | {r['macs']:,} | {a['torch']:.1f} / {a['ort_fp32']:.1f} / {a['ort_int8']:.1f} | "
+            f"{b1['eager']['median_ms']:.3f} | {b1['ort_fp32']['median_ms']:.3f} | {b1['ort_int8']['median_ms']:.3f} | "
+            f"{b64['eager']['median_ms']:.2f} | {b64['ort_fp32']['median_ms']:.2f} | {b64['ort_int8']['median_ms']:.2f} | "
+            f"{b64['ort_fp32']['efficiency']:.1%} | {b64['roofline_bound_ms']:.3f} |")
+
+    def fmt(d):
+        return f"{d['median']:.2f} (range {d['min']:.2f}–{d['max']:.2f})"
+
+    lm = s["latency_model"]
+    lines += [
+        "",
+        f"- ORT fp32 speed-up over eager at batch 1: **{fmt(s['cnn_ort_fp32_speedup_over_eager_b1'])}×** (target ≥ 1.5×)",
+        f"- ORT int8 speed-up over ORT fp32 at batch 64: **{fmt(s['cnn_int8_speedup_over_ort_fp32_b64'])}×** (target ≥ 1.5×)",
+        f"- int8 accuracy change (points): **{fmt(s['cnn_int8_accuracy_change'])}** (target ≥ −0.5)",
+    ]
+    for b in ("b1", "b64"):
+        h = lm[b]["held_out"]
+        lines.append(f"- latency model, ORT fp32 {b}, {h['n']} held-out sub-models: MAPE **{h['mape']:.1%}**, "
+                     f"Spearman **{h['spearman']:.3f}** (targets ≤ 10%, ≥ 0.9)")
+    if result.get("minilm"):
+        m = result["minilm"]
+        lines += ["", "## all-MiniLM-L6-v2 (sequence length 32, latency in ms)\n",
+                  "| batch | eager | ORT fp32 | ORT int8 | fp32 efficiency |", "|---:|---:|---:|---:|---:|"]
+        for b in ("b1", "b64"):
+            lines.append(f"| {b[1:]} | {m[b]['eager']['median_ms']:.2f} | {m[b]['ort_fp32']['median_ms']:.2f} | "
+                         f"{m[b]['ort_int8']['median_ms']:.2f} | {m[b]['ort_fp32']['efficiency']:.1%} |")
+        lines.append(f"\n- int8 embedding cosine to fp32 torch over {len(m['cosine_to_torch']['ort_int8'])} sentences: "
+                     f"min **{s['minilm_int8_min_cosine']:.4f}** (target ≥ 0.97); file {m['bytes']['fp32']:,} → "
+                     f"{m['bytes']['int8']:,} bytes")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--submodels", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--fit", type=int, default=32, help="sub-models the latency model is fitted on")
+    parser.add_argument("--held-out", type=int, default=16, help="sub-models it is tested on")
+    parser.add_argument("--no-minilm", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 epoch, 2 sub-models, few repeats, no MiniLM")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.epochs, args.submodels, args.repeats, args.fit, args.held_out, args.no_minilm = 1, 2, 5, 8, 4, True
+    started = time.perf_counter()
+    roof = machine_roofline()
+    with tempfile.TemporaryDirectory() as tmp:
+        cnn = cnn_part(args, Path(tmp), roof)
+        minilm = None if args.no_minilm else minilm_part(args, Path(tmp), roof)
+    result = {
+        "command": "python bench/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": environment(), "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "roofline": roof.__dict__, "cnn": cnn, "minilm": minilm, "summary": summarize(cnn, minilm),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latency.json").write_text(json.dumps(result, indent=1))
+    (args.out / "latency.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
