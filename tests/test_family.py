@@ -149,3 +149,19 @@ def test_config_sets_width_choices():
     family = onefit.elasticize(onefit.zoo.mlp(hidden=40), (torch.randn(2, 1, 8, 8),),
                                onefit.ElasticConfig(width=(0.5,), depth=False))
     assert all(d.choices == (20, 40) for d in family.space)
+
+
+def test_per_layer_overrides_and_patterns_that_match_nothing(tmp_path):
+    model, source = onefit.zoo.build("resnet", widths=[8, 16], blocks=[2, 2])
+    config = onefit.ElasticConfig(width=(0.5, 1.0), layers={"stages.1.*": (0.25, 1.0), "stem.*": (1.0,)})
+    family = onefit.elasticize(model, (torch.randn(1, 1, 8, 8),), config)
+    assert "width:stem.0" not in family.space.names  # kept whole by the override
+    assert family.space["width:stages.1.0.conv1"].choices == (4, 16)
+    assert family.space["width:stages.0.0.conv1"].choices == (4, 8)
+    family.source = source
+    family.save(tmp_path / "f")
+    assert onefit.load(tmp_path / "f").space == family.space  # the overrides survive JSON
+    with pytest.raises(ValueError, match=r"pattern 'stages\.9\.\*' matches no layer"):
+        onefit.elasticize(model, (torch.randn(1, 1, 8, 8),), onefit.ElasticConfig(layers={"stages.9.*": (0.5,)}))
+    with pytest.raises(ValueError, match=r"ElasticConfig.layers\['head'\]: width fractions must lie in \(0, 1\]"):
+        onefit.ElasticConfig(layers={"head": (2.0,)})

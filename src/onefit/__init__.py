@@ -5,7 +5,9 @@ Public names only. Heavy optional dependencies (onnx, transformers, ...) are imp
 
 from onefit.checkpoint import CheckpointError, load
 from onefit.cost import costs, count_macs, count_params
-from onefit.family import ElasticConfig, Family, elasticize
+from onefit.coverage import Coverage, inspect
+from onefit.config import ElasticConfig
+from onefit.family import Family, elasticize
 from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
@@ -27,6 +29,7 @@ __all__ = [
     "ArchError",
     "BudgetError",
     "CheckpointError",
+    "Coverage",
     "Dimension",
     "ElasticConfig",
     "Family",
@@ -40,6 +43,7 @@ __all__ = [
     "count_params",
     "elasticize",
     "evaluate",
+    "inspect",
     "largest_within",
     "load",
     "recalibrate_bn",

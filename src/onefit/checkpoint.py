@@ -141,12 +141,13 @@ def build_from_source(source: dict | None) -> nn.Module:
 def load(directory, model: nn.Module | None = None):
     """Load a family saved with ``Family.save``. ``model`` is an untrained instance of the original
     architecture; leave it out when the family records its factory (zoo models do)."""
-    from onefit.family import ElasticConfig, elasticize
+    from onefit.config import ElasticConfig
+    from onefit.family import elasticize
 
     manifest = read_manifest(directory)
     model = model if model is not None else build_from_source(manifest.get("source"))
     examples = tuple(torch.zeros(x["shape"], dtype=getattr(torch, x["dtype"])) for x in manifest["example_inputs"])
-    config = ElasticConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()})
+    config = ElasticConfig(**manifest["config"])
     return restore_(elasticize(model, examples, config), directory)
 
 

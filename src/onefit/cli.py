@@ -33,15 +33,65 @@ def demo(
     typer.echo(f"run folder: {out}")
 
 
-def _load_data(run: Path):
+def _import(spec: str):
     import importlib
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"expected an import path module:function, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import {spec!r}: {err}") from err
+
+
+@app.command("inspect")
+def inspect_command(
+    model: str = typer.Argument(..., help="module:function that returns the model, e.g. onefit.zoo:resnet"),
+    input_shape: str = typer.Option("1,1,8,8", help="shape of one example input, comma separated"),
+    kwargs: str = typer.Option("{}", help="keyword arguments for the function, as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """What onefit can shrink in a model, what stays whole and why, before any training."""
+    import json
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    import onefit
+
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+        built = _import(model)(**json.loads(kwargs))
+        report = onefit.inspect(built, (torch.randn(*shape),))
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+        return
+    table = Table(title=f"{model}: coverage")
+    for col in ("layer", "type", "params", "input width", "output width", "depth"):
+        table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
+    for layer in report.layers:
+        style = None if layer.elastic else "dim"
+        table.add_row(layer.name, layer.type, f"{layer.params:,}", layer.width_in, layer.width_out, layer.depth,
+                      style=style)
+    console = Console()
+    console.print(table)
+    console.print(f"{report.space_size:,} sub-models over {len(report.dimensions)} dimensions, "
+                  f"{report.params_min:,} to {report.params_max:,} params; "
+                  f"{report.coverage:.1%} of parameters in elastic layers; the smallest drops {report.reducible:.1%}")
+
+
+def _load_data(run: Path):
     import json
 
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
     if "data" not in config:
         return None, None
-    module, _, function = config["data"].partition(":")
-    return getattr(importlib.import_module(module), function)(**config.get("data_kwargs", {}))
+    return _import(config["data"])(**config.get("data_kwargs", {}))
 
 
 @app.command("export")

@@ -16,38 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from onefit.config import ElasticConfig
 from onefit.elastic import ElasticSequential, to_elastic
 from onefit.elastic.registry import elastic_type_for
 from onefit.graph import Plan, analyze
 from onefit.space import Arch, Dimension, Space
-
-
-@dataclass(frozen=True)
-class ElasticConfig:
-    """Which choices each dimension kind gets.
-
-    width: fractions of each width group's full size (the full size is always included).
-    depth: make every skippable stage elastic, from its minimal depth to all its blocks.
-    """
-
-    width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    depth: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "width", tuple(float(f) for f in self.width))
-        bad = [f for f in self.width if not 0.0 < f <= 1.0]
-        if not self.width or bad:
-            raise ValueError(f"ElasticConfig.width: fractions must lie in (0, 1], got {list(self.width)}")
-
-    def width_choices(self, size: int, multiple: int) -> tuple[int, ...]:
-        widths = {max(multiple, round(f * size / multiple) * multiple) for f in self.width}
-        return tuple(sorted(widths | {size}))
 
 
 class Family(nn.Module):
@@ -62,8 +41,9 @@ class Family(nn.Module):
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
+        config.check_patterns(list(plan.layers))
         dims = [
-            Dimension(g.name, "width", config.width_choices(g.size, g.multiple))
+            Dimension(g.name, "width", config.width_choices(g.size, g.multiple, g.producers))
             for g in plan.groups.values()
             if g.elastic
         ]

@@ -323,12 +323,17 @@ def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         ) from err
     # Eval mode: shape propagation must not update batch-norm statistics, and must accept batch 1.
     modes = {m: m.training for m in model.modules()}
+    model.eval()
     try:
         with torch.no_grad():
-            ShapeProp(traced.eval()).propagate(*example_inputs)
-    except Exception as err:
-        shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
-        raise TraceError(f"{type(model).__name__} fails on example inputs of shape {shapes}: {err}") from err
+            try:
+                model(*example_inputs)  # a plain forward first gives the clearest error for bad inputs
+            except Exception as err:
+                shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
+                raise TraceError(
+                    f"{type(model).__name__} fails on example inputs of shape {shapes}: {type(err).__name__}: {err}"
+                ) from err
+            ShapeProp(traced).propagate(*example_inputs)
     finally:
         for m, training in modes.items():
             m.train(training)
