@@ -50,6 +50,11 @@ class ElasticConfig:
         widths = {max(multiple, round(f * size / multiple) * multiple) for f in self.fractions_for(producers)}
         return tuple(sorted(widths | {size}))
 
+    def choices(self, size: int, multiple: int, producers: Sequence[str], kind: str) -> tuple[int, ...]:
+        """Choices of a group's dimension: channels for ``width``, head counts for ``heads``."""
+        widths = self.width_choices(size, multiple, producers)
+        return tuple(w // multiple for w in widths) if kind == "heads" else widths
+
     def check_patterns(self, names: Sequence[str]) -> None:
         """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing)."""
         for pattern, _ in self.layers:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from onefit.config import ElasticConfig
-from onefit.elastic import ElasticSequential, to_elastic
+from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
 from onefit.elastic.registry import elastic_type_for
 from onefit.graph import Plan, analyze
 from onefit.space import Arch, Dimension, Space
@@ -35,6 +35,7 @@ class Family(nn.Module):
     def __init__(self, module: nn.Module, plan: Plan, config: ElasticConfig, example_inputs: tuple):
         super().__init__()
         self.module = module
+        self.training = module.training  # the family starts in the mode of the model it wraps
         self.plan = plan
         self.config = config
         self.example_inputs = example_inputs
@@ -43,7 +44,7 @@ class Family(nn.Module):
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
         config.check_patterns(list(plan.layers))
         dims = [
-            Dimension(g.name, "width", config.width_choices(g.size, g.multiple, g.producers))
+            Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
             for g in plan.groups.values()
             if g.elastic
         ]
@@ -56,18 +57,20 @@ class Family(nn.Module):
 
     # -- which sub-model runs ------------------------------------------------------------------
     def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:
-        """Active width of every group (frozen and non-elastic groups at full size)."""
-        return {gid: arch.get(g.name, g.size) for gid, g in self.plan.groups.items()}
+        """Active width in channels of every group (frozen and non-elastic groups at full size)."""
+        scale = {gid: g.multiple if g.kind == "heads" else 1 for gid, g in self.plan.groups.items()}
+        return {gid: arch[g.name] * scale[gid] if g.name in arch else g.size for gid, g in self.plan.groups.items()}
 
     def depths(self, arch: Mapping[str, Any]) -> dict[str, int]:
         return {s.name: arch.get(s.dim_name, s.blocks) for s in self.plan.stages}
 
-    def _settings(self) -> Iterator[tuple[nn.Module, str]]:
-        for layer in self.plan.layers.values():
-            if layer.kind in ("linear", "conv"):
-                yield self.module.get_submodule(layer.name), "active_out"
-        for stage in self.plan.stages:
-            yield self.module.get_submodule(stage.name), "active_depth"
+    def _assignments(self, arch: Arch) -> list[tuple[nn.Module, str, Any]]:
+        """(module, attribute, value) settings that make the family compute ``arch``."""
+        widths, depths = self.widths(arch), self.depths(arch)
+        settings = [(self.module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
+                    for layer in self.plan.layers.values() if layer.kind in ("linear", "conv")]
+        settings += [(self.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in self.plan.stages]
+        return settings
 
     @contextlib.contextmanager
     def activate(self, arch: Mapping[str, Any]) -> Iterator[Arch]:
@@ -76,14 +79,11 @@ class Family(nn.Module):
         Dimensions left out of ``arch`` take their largest value.
         """
         arch = self.space.complete(arch)
-        saved = [(m, attr, getattr(m, attr)) for m, attr in self._settings()]
-        widths, depths = self.widths(arch), self.depths(arch)
+        assignments = self._assignments(arch)
+        saved = [(module, attr, getattr(module, attr)) for module, attr, _ in assignments]
         try:
-            for layer in self.plan.layers.values():
-                if layer.kind in ("linear", "conv"):
-                    self.module.get_submodule(layer.name).active_out = widths[layer.out_group]
-            for stage in self.plan.stages:
-                self.module.get_submodule(stage.name).active_depth = depths[stage.name]
+            for module, attr, value in assignments:
+                setattr(module, attr, value)
             yield arch
         finally:
             for module, attr, value in saved:
@@ -102,26 +102,22 @@ class Family(nn.Module):
             sizes[layer.name] = (n_in, n_out)
         return sizes
 
-    def is_active(self, name: str, arch: Mapping[str, Any]) -> bool:
-        """False for modules inside blocks that ``arch`` skips."""
+    def skipped(self, arch: Mapping[str, Any]) -> tuple[str, ...]:
+        """Name prefixes of the blocks ``arch`` skips: ``name.startswith(family.skipped(arch))``."""
         depths = self.depths(self.space.complete(arch))
-        for stage in self.plan.stages:
-            prefix = f"{stage.name}."
-            if name.startswith(prefix) and int(name[len(prefix):].split(".")[0]) >= depths[stage.name]:
-                return False
-        return True
+        return tuple(f"{s.name}.{i}." for s in self.plan.stages for i in range(depths[s.name], s.blocks))
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit."""
         arch = self.space.complete(arch)
-        sub = copy.deepcopy(self.module)
+        sub, skipped = copy.deepcopy(self.module), self.skipped(arch)
         for name, (n_in, n_out) in self.layer_sizes(arch).items():
             layer = sub.get_submodule(name)
-            if self.is_active(name, arch) and hasattr(layer, "to_plain"):
+            if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
                 _replace(sub, name, layer.to_plain(n_in, n_out))
         for stage in sorted(self.plan.stages, key=lambda s: -s.name.count(".")):
             _replace(sub, stage.name, sub.get_submodule(stage.name).to_plain(self.depths(arch)[stage.name]))
-        return sub.train(self.training)
+        return sub  # each module keeps its own train/eval mode
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory) -> None:
@@ -173,7 +169,9 @@ def elasticize(
         if layer.kind != "other" and elastic_type_for(plain) is not None:
             _replace(module, layer.name, to_elastic(plain))
     for stage in plan.stages:
-        _replace(module, stage.name, ElasticSequential.from_plain(module.get_submodule(stage.name)))
+        plain = module.get_submodule(stage.name)
+        elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential
+        _replace(module, stage.name, elastic.from_plain(plain))
     family = Family(module, plan, config, tuple(example_inputs))
     if len(family.space) == 0:
         reasons = sorted({g.frozen for g in plan.groups.values() if g.frozen} | set(plan.notes))

@@ -35,12 +35,12 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     output of any one layer, at 4 bytes an element.
     """
     arch = family.space.complete(arch)
-    sizes = family.layer_sizes(arch)
+    sizes, skipped = family.layer_sizes(arch), family.skipped(arch)
     params = macs = layers = peak = 0
     counted: set[str] = set()
     for name, layer in family.plan.layers.items():
         counted.add(name)
-        if not family.is_active(name, arch):
+        if f"{name}.".startswith(skipped):
             continue
         module = family.module.get_submodule(name)
         n_in, n_out = sizes[name]
@@ -51,7 +51,7 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
             peak = max(peak, layer.in_positions * n_in + layer.positions * n_out)
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
-        if owner not in counted and family.is_active(owner, arch):
+        if owner not in counted and not f"{owner}.".startswith(skipped):
             params += param.numel()
     return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": layers,
             "activation_bytes": 4 * peak}

@@ -6,7 +6,7 @@ flows through norms, depthwise convolutions and consumers without further bookke
 """
 
 from onefit.elastic.conv import ElasticConv
-from onefit.elastic.depth import ElasticSequential
+from onefit.elastic.depth import ElasticModuleList, ElasticSequential
 from onefit.elastic.linear import ElasticLinear
 from onefit.elastic.norm import ElasticBatchNorm, ElasticLayerNorm
 from onefit.elastic.registry import elastic_type_for, to_elastic
@@ -16,6 +16,7 @@ __all__ = [
     "ElasticConv",
     "ElasticLayerNorm",
     "ElasticLinear",
+    "ElasticModuleList",
     "ElasticSequential",
     "elastic_type_for",
     "to_elastic",

@@ -1,4 +1,9 @@
-"""Elastic depth: a stage of repeated blocks that runs only its first ``active_depth`` blocks."""
+"""Elastic depth: a stage of repeated blocks that runs only its first ``active_depth`` blocks.
+
+``ElasticSequential`` replaces an ``nn.Sequential``; ``ElasticModuleList`` replaces an
+``nn.ModuleList`` that its owner iterates over (as Hugging Face encoders do), yielding only the
+active blocks.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +32,18 @@ class ElasticSequential(nn.Sequential):
         for name, child in list(self.named_children())[:depth]:
             plain.add_module(name, child)
         return plain
+
+
+class ElasticModuleList(nn.ModuleList):
+    active_depth: int | None = None  # None: every block
+
+    @classmethod
+    def from_plain(cls, plain: nn.ModuleList) -> "ElasticModuleList":
+        return cls(list(plain))
+
+    def __iter__(self):
+        blocks = list(super().__iter__())
+        return iter(blocks if self.active_depth is None else blocks[: self.active_depth])
+
+    def to_plain(self, depth: int) -> nn.ModuleList:
+        return nn.ModuleList(list(super().__iter__())[:depth])

@@ -86,11 +86,19 @@ def _export_with(module: nn.Module, examples: tuple, exporter: str) -> bytes:
         return Path(tmp, "m.onnx").read_bytes()
 
 
+def first_output(output) -> torch.Tensor:
+    """The first tensor of a module's output: a tensor, a tuple or list, or a dict-like model output."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return first_output(next(iter(output.values())))
+    return first_output(output[0])
+
+
 def parity(session, module: nn.Module, inputs: tuple) -> tuple[float, float]:
-    """Max absolute error and cosine between ONNX Runtime's and PyTorch's outputs on ``inputs``."""
+    """Max absolute error and cosine between ONNX Runtime's and PyTorch's first outputs on ``inputs``."""
     with torch.no_grad():
-        expected = module(*inputs)
-    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).detach().double().flatten()
+        expected = first_output(module(*inputs)).detach().double().flatten()
     got = torch.from_numpy(np.asarray(run_onnx(session, inputs))).double().flatten()
     if got.shape != expected.shape:
         raise ExportError(
@@ -156,8 +164,7 @@ def export(
         raise ExportError(f"ONNX Runtime cannot run the exported {type(module).__name__}: {err}") from err
     max_err, cosine = parity(session, module, _batch_variant(examples))
     with torch.no_grad():
-        out = module(*examples)
-    scale = max(1.0, (out[0] if isinstance(out, (tuple, list)) else out).abs().max().item())
+        scale = max(1.0, first_output(module(*examples)).abs().max().item())
     floor = (0.98 if quantize else 0.99999) if min_cosine is None else min_cosine
     if cosine < floor or (not quantize and max_err > atol * scale):
         raise ExportError(

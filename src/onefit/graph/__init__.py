@@ -1,6 +1,18 @@
-"""Tracing and channel coupling: which channels must shrink together, and which must stay."""
+"""Structure analysis: which channels must shrink together, and which must stay.
 
-from onefit.graph.coupling import analyze
+``analyze`` reads Hugging Face transformer encoders off their modules (torch.fx cannot trace
+them) and traces everything else with torch.fx; both produce the same ``Plan``.
+"""
+
+from onefit.graph.coupling import TraceError, trace_plan
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
+from onefit.graph.transformers import encoder_plan
 
-__all__ = ["Group", "LayerPlan", "Plan", "StagePlan", "analyze"]
+
+def analyze(model, example_inputs: tuple) -> Plan:
+    """The width groups, bound layers and depth stages of ``model`` on ``example_inputs``."""
+    plan = encoder_plan(model, example_inputs)
+    return plan if plan is not None else trace_plan(model, example_inputs)
+
+
+__all__ = ["Group", "LayerPlan", "Plan", "StagePlan", "TraceError", "analyze", "encoder_plan", "trace_plan"]

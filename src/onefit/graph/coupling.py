@@ -340,7 +340,7 @@ def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     return traced
 
 
-def analyze(model: nn.Module, example_inputs: tuple) -> Plan:
+def trace_plan(model: nn.Module, example_inputs: tuple) -> Plan:
     """Trace ``model`` on ``example_inputs`` and return its width groups, layers and depth stages."""
     traced = trace(model, example_inputs)
     walker = _Walker(traced)

