@@ -165,3 +165,11 @@ def test_per_layer_overrides_and_patterns_that_match_nothing(tmp_path):
         onefit.elasticize(model, (torch.randn(1, 1, 8, 8),), onefit.ElasticConfig(layers={"stages.9.*": (0.5,)}))
     with pytest.raises(ValueError, match=r"ElasticConfig.layers\['head'\]: width fractions must lie in \(0, 1\]"):
         onefit.ElasticConfig(layers={"head": (2.0,)})
+
+
+def test_extraction_keeps_each_module_in_its_mode():
+    family = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
+    for mode in (False, True):
+        family.train(mode)
+        sub = family.extract(family.space.min())
+        assert {m.training for m in sub.modules()} == {mode}

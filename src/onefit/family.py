@@ -143,7 +143,9 @@ def _full_sizes(module: nn.Module) -> tuple[int, int]:
 
 
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the module called ``name``, in the train/eval mode of the one it replaces."""
     parent, _, child = name.rpartition(".")
+    new.training = root.get_submodule(name).training  # its own flag only; children keep theirs
     setattr(root.get_submodule(parent) if parent else root, child, new)
 
 
