@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/nested_vs_individual.py
 	$(PY) bench/latency.py
+	$(PY) bench/coverage.py
 
 clean:
 	rm -rf .venv runs .pytest_cache

@@ -30,10 +30,10 @@ from onefit.export.onnx import _session
 RESULTS = Path(__file__).parent / "results"
 
 
-def trained_family(epochs: int, seed: int = 0):
+def trained_family(epochs: int, seed: int = 0, small: bool = False):
     train_data, test_data = digits(batch_size=64, seed=seed)
     torch.manual_seed(seed)
-    model = onefit.zoo.resnet(widths=(32, 64), blocks=(3, 3))
+    model = onefit.zoo.resnet(widths=(8, 16) if small else (32, 64), blocks=(2, 2) if small else (3, 3))
     onefit.train_plain(model, train_data, epochs, progress=False)
     family = onefit.sort_(onefit.elasticize(model, (next(iter(test_data))[0][:1],)))
     onefit.train(family, train_data, onefit.SortedNetRecipe(onefit.SortedNetConfig(seed=seed)), epochs=epochs,
@@ -57,7 +57,7 @@ def three_backends(module, fp32_path, int8_path, example, repeats: int, roof, ma
 
 
 def cnn_part(args, tmp: Path, roof) -> dict:
-    family, train_data, test_data = trained_family(args.epochs)
+    family, train_data, test_data = trained_family(args.epochs, small=args.quick)
     rows = []
     for i, arch in enumerate(spread(family.space.nested_chain(), args.submodels)):
         module = onefit.recalibrate_bn(family.extract(arch), train_data)
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.epochs, args.submodels, args.repeats, args.fit, args.held_out, args.no_minilm = 1, 2, 5, 8, 4, True
+        args.epochs, args.submodels, args.repeats, args.fit, args.held_out, args.no_minilm = 1, 2, 3, 6, 3, True
     started = time.perf_counter()
     roof = machine_roofline()
     with tempfile.TemporaryDirectory() as tmp:

@@ -63,8 +63,10 @@ def fresh(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def run_task(name: str, seed: int, epochs: int, archs_per_task: int) -> dict:
+def run_task(name: str, seed: int, epochs: int, archs_per_task: int, small: bool = False) -> dict:
     load, kwargs = TASKS[name]
+    if small:  # the smoke run: a tiny model, so the test suite stays fast
+        kwargs = {**kwargs, "widths": (8, 16), "blocks": (2, 2)}
     train_data, test_data = load(batch_size=64, seed=seed)
     example = next(iter(test_data))[0][:1]
 
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     archs = 8
     if args.quick:
         args.tasks, args.seeds, args.epochs, archs = ["digits"], [0], 1, 2
-    runs = [run_task(task, seed, args.epochs, archs) for task in args.tasks for seed in args.seeds]
+    runs = [run_task(task, seed, args.epochs, archs, args.quick) for task in args.tasks for seed in args.seeds]
     result = {
         "command": "python bench/nested_vs_individual.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from onefit.zoo import convnext, mlp, mobilenet_v2, mobilenet_v3, plain_cnn, resnet
+from onefit.zoo import convnext, mlp, mobilenet_v2, mobilenet_v3, plain_cnn, resnet, temporal_cnn, vit
 
 
 class DepthwiseNet(nn.Module):
@@ -67,6 +67,8 @@ MODELS = {
     "mobilenet_v2": (mobilenet_v2, (4, 1, 8, 8)),
     "mobilenet_v3": (mobilenet_v3, (4, 1, 8, 8)),
     "convnext": (convnext, (4, 1, 8, 8)),
+    "temporal_cnn": (temporal_cnn, (4, 4, 24)),
+    "vit": (vit, (4, 1, 8, 8)),
     "depthwise": (DepthwiseNet, (4, 3, 8, 8)),
     "flatten": (FlattenNet, (4, 1, 8, 8)),
     "temporal": (TemporalNet, (4, 4, 20)),

@@ -78,3 +78,33 @@ def test_squeeze_excite_gate_joins_the_channels_it_scales():
     g = groups_by_producer(plan)
     assert g["stages.1.0.se.expand"] is g["stages.1.0.expand.0"]
     assert plan.layers["stages.1.0.depthwise.0"].kind == "conv_pass"
+
+
+class LiteralHeads(nn.Module):
+    """Attention that names its head count as a literal: its heads cannot follow a smaller width."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 4, 4).permute(2, 0, 3, 1, 4)
+        out = torch.softmax(q @ k.transpose(-2, -1), -1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, t, 16))
+
+
+def test_heads_split_with_minus_one_shrink_by_whole_heads_and_literals_freeze():
+    from onefit.zoo import vit
+
+    plan = analyze(vit(dim=32, heads=4, depth=1), (torch.randn(1, 1, 8, 8),))
+    g = groups_by_producer(plan)
+    heads = g["blocks.0.attn.q"]
+    assert heads is g["blocks.0.attn.k"] is g["blocks.0.attn.v"]
+    assert (heads.kind, heads.multiple, heads.name) == ("heads", 8, "heads:blocks.0.attn.q")
+    assert plan.layers["blocks.0.attn.proj"].in_group == heads.id
+    assert len(plan.ops) == 2 and all(op.owner == "blocks.0.attn" for op in plan.ops)
+    frozen = analyze(LiteralHeads(), (torch.randn(2, 5, 16),))
+    assert groups_by_producer(frozen)["qkv"].frozen
+    assert not any(group.elastic for group in frozen.groups.values())

@@ -23,6 +23,8 @@ PINNED = {
     "resnet": (1.0, 0.9744, 98304),
     "resnet_bottleneck": (1.0, 0.9301, 16777216),
     "temporal": (1.0, 0.9454, 48),
+    "temporal_cnn": (1.0, 0.9685, 16),
+    "vit": (0.9601, 0.8747, 12288),  # the embedding width is fixed by the position table it adds
 }
 
 

@@ -10,7 +10,7 @@ from onefit.demo import DemoConfig, run_demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "run"
-    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8), progress=False)
+    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8, widths=(8, 16), blocks=(2, 2)), progress=False)
 
 
 def test_demo_tabulates_sub_models_from_smallest_to_largest(demo_run):

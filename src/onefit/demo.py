@@ -27,6 +27,8 @@ class DemoConfig:
     rows: int = 10  # sub-models in the table, spread over the nested chain
     seed: int = 0
     lr: float = 3e-3
+    widths: tuple = (32, 64)  # of the ResNet's two stages
+    blocks: tuple = (3, 3)
 
 
 def spread(items: list, n: int) -> list:
@@ -48,7 +50,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     train_data, test_data = digits(batch_size=64, seed=config.seed)
-    model, source = build("resnet", in_channels=1, widths=[32, 64], blocks=[3, 3], classes=10)
+    model, source = build("resnet", in_channels=1, widths=list(config.widths), blocks=list(config.blocks), classes=10)
     example = next(iter(test_data))[0][:1]
 
     train_plain(model, train_data, config.pretrain_epochs, config.lr, progress)

@@ -1,7 +1,9 @@
 """Parameter and MAC counts of an arch, from the family's plan alone (no forward pass).
 
-MACs count the multiply-accumulates of Linear and convolution layers, the same operations
-``torch.utils.flop_counter`` counts (it reports 2 FLOPs per MAC). Norms, activations and
+MACs count the multiply-accumulates of Linear and convolution layers and of traced attention
+products (q·k and attention·v), the same operations ``torch.utils.flop_counter`` counts (it
+reports 2 FLOPs per MAC). Hugging Face encoders are not traced: their attention products are
+left out. Norms, activations and
 pooling are left out, as there. Layers onefit keeps whole count their full parameters and no
 MACs. Parameters held directly by a non-layer module (a class token, say) count in full.
 """
@@ -49,6 +51,11 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
         if layer.kind in ("linear", "conv", "conv_pass"):
             layers += 1
             peak = max(peak, layer.in_positions * n_in + layer.positions * n_out)
+    widths = family.widths(arch)
+    for op in family.plan.ops:  # attention products: they scale with the number of heads
+        group = family.plan.groups.get(op.group)
+        if group is not None and not f"{op.owner}.".startswith(skipped):
+            macs += op.macs * widths[op.group] // group.size
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
         if owner not in counted and not f"{owner}.".startswith(skipped):

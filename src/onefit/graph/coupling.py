@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
+from onefit.graph import attention
+from onefit.graph.plan import Group, LayerPlan, OpCost, Plan, StagePlan
 from onefit.graph.stages import find_stages
 
 
@@ -31,7 +32,8 @@ class TraceError(ValueError):
 class _Chan:
     group: int
     axis: int
-    unit: int = 1
+    unit: int = 1  # features per channel along the axis (a flattened C x H x W map has H*W)
+    head: int = 1  # channels per index along the axis (d after a split into heads of d channels)
 
 
 _PASS_MODULES = (
@@ -75,6 +77,8 @@ class _Walker:
         self.multiple: dict[int, int] = {}
         self.frozen: dict[int, str] = {}
         self.chan: dict[fx.Node, _Chan | None] = {}
+        self.heads: dict[int, int] = {}  # group -> channels per head, for groups split into heads
+        self.ops: list[OpCost] = []
         self.layers: dict[str, LayerPlan] = {}
         self.notes: list[str] = []
 
@@ -89,6 +93,11 @@ class _Walker:
             self.parent[g] = self.parent[self.parent[g]]
             g = self.parent[g]
         return g
+
+    def mark_heads(self, group: int, head_dim: int) -> None:
+        root = self.root(group)
+        self.heads[root] = head_dim
+        self.multiple[root] = math.lcm(self.multiple.get(root, 1), head_dim)
 
     def freeze(self, chan: _Chan | None, reason: str) -> None:
         if chan is not None:
@@ -105,6 +114,8 @@ class _Walker:
         self.parent[rb] = ra
         if rb in self.frozen:
             self.frozen.setdefault(ra, self.frozen.pop(rb))
+        if rb in self.heads:
+            self.heads.setdefault(ra, self.heads.pop(rb))
         self.multiple[ra] = math.lcm(self.multiple.get(ra, 1), self.multiple.pop(rb, 1))
 
     # -- the walk ------------------------------------------------------------------------------
@@ -145,7 +156,7 @@ class _Walker:
         if chan is None:
             return None
         ndim = len(_shape(x))
-        if chan.axis != axis % ndim or (chan.unit != 1 and not unit_ok):
+        if chan.axis != axis % ndim or (chan.unit != 1 and not unit_ok) or chan.head != 1:
             self.freeze(chan, f"{name} reads another axis than the channels")
             return None
         return chan
@@ -220,6 +231,10 @@ class _Walker:
             return self.reshape(node, op)
         if op in ("permute", "transpose"):
             return self.permute(node, op)
+        if op in ("matmul", "bmm") or node.target is operator.matmul:
+            return attention.matmul(self, node, _shape)
+        if op == "scaled_dot_product_attention":
+            return attention.attention(self, node, _shape)
         return self.unknown(node, f"op {op}")
 
     def binary(self, node: fx.Node, op: str) -> _Chan | None:
@@ -235,7 +250,7 @@ class _Walker:
 
         # Broadcasting aligns from the right, so compare axes counted from the end.
         if ca is not None and cb is not None and len(_shape(a)) - ca.axis == len(_shape(b)) - cb.axis:
-            if channel_size(a, ca) == channel_size(b, cb) and ca.unit == cb.unit:
+            if channel_size(a, ca) == channel_size(b, cb) and ca.unit == cb.unit and ca.head == cb.head:
                 self.union(ca, cb, f"{op} ({node.name})")
                 return ca
         for this, other, c_this in ((a, b, ca), (b, a, cb)):
@@ -256,7 +271,7 @@ class _Walker:
         if dims is None:
             return self.unknown(node, f"{op} over all dimensions")
         dims = {d % ndim for d in ((dims,) if isinstance(dims, int) else dims)}
-        if chan.axis in dims or chan.unit != 1:
+        if chan.axis in dims or chan.unit != 1 or chan.head != 1:
             return self.unknown(node, f"{op} over the channels")
         return _Chan(chan.group, chan.axis if keepdim else chan.axis - sum(d < chan.axis for d in dims))
 
@@ -265,6 +280,8 @@ class _Walker:
         chan, shape = self.chan.get(x), _shape(x)
         if chan is None:
             return None
+        if chan.head != 1:
+            return self.unknown(node, "flatten of heads")
         start, end = start % len(shape), end % len(shape)
         if start > chan.axis or end < chan.axis:
             return _Chan(chan.group, chan.axis - (end - start) * (start < chan.axis), chan.unit)
@@ -281,8 +298,12 @@ class _Walker:
         if chan is None:
             return None
         # x.view(x.size(0), -1) after the channel axis 1 is a flatten; fixed sizes are not.
-        if chan.axis == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0] and literal == [-1]:
+        if chan.axis == 1 and chan.head == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0] and literal == [-1]:
             return self.flatten(node, 1, -1)
+        split = attention.split_heads(self, chan, in_shape, out_shape, list(sizes))
+        merged = split or attention.merge_heads(chan, in_shape, out_shape, list(sizes))
+        if merged is not None:
+            return merged
         return self.unknown(node, f"{op} to a fixed shape {tuple(out_shape)}")
 
     def permute(self, node: fx.Node, op: str) -> _Chan | None:
@@ -296,7 +317,7 @@ class _Walker:
         else:
             dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
             axis = [d % ndim for d in dims].index(chan.axis)
-        return _Chan(chan.group, axis, chan.unit)
+        return replace(chan, axis=axis)
 
     # -- result --------------------------------------------------------------------------------
     def plan(self, stages: list[StagePlan]) -> Plan:
@@ -306,10 +327,12 @@ class _Walker:
             layer.out_group = None if layer.out_group is None else self.root(layer.out_group)
             g = layer.out_group
             if g is not None and g not in groups:
-                groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g))
+                kind = "heads" if g in self.heads else "width"
+                groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g), kind=kind)
             if g is not None and layer.kind in ("linear", "conv"):
                 groups[g].producers.append(layer.name)
-        return Plan(groups, self.layers, stages, self.notes)
+        ops = [replace(op, group=self.root(op.group)) for op in self.ops]
+        return Plan(groups, self.layers, stages, self.notes, ops)
 
 
 def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:

@@ -65,11 +65,21 @@ class StagePlan:
 
 
 @dataclass
+class OpCost:
+    """Multiply-adds of a weightless op (an attention product) that scale with one group's width."""
+
+    owner: str  # the module whose forward runs it, to skip it with its block
+    group: int
+    macs: int  # per sample, at the group's full width
+
+
+@dataclass
 class Plan:
     groups: dict[int, Group]
     layers: dict[str, LayerPlan]
     stages: list[StagePlan]
     notes: list[str] = field(default_factory=list)  # ops that forced a group to stay whole
+    ops: list[OpCost] = field(default_factory=list)
 
     def group_of(self, name: str) -> Group | None:
         gid = self.layers[name].out_group

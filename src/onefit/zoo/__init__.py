@@ -8,9 +8,11 @@ from onefit.zoo.cnn import plain_cnn, resnet
 from onefit.zoo.convnext import convnext
 from onefit.zoo.mlp import mlp
 from onefit.zoo.mobile import mobilenet_v2, mobilenet_v3
+from onefit.zoo.temporal import temporal_cnn
+from onefit.zoo.vit import vit
 
 MODELS = {"convnext": convnext, "mlp": mlp, "mobilenet_v2": mobilenet_v2, "mobilenet_v3": mobilenet_v3,
-          "plain_cnn": plain_cnn, "resnet": resnet}
+          "plain_cnn": plain_cnn, "resnet": resnet, "temporal_cnn": temporal_cnn, "vit": vit}
 
 
 def build(name: str, **kwargs):
@@ -20,4 +22,5 @@ def build(name: str, **kwargs):
     return MODELS[name](**kwargs), {"factory": f"onefit.zoo:{name}", "kwargs": kwargs}
 
 
-__all__ = ["MODELS", "build", "convnext", "mlp", "mobilenet_v2", "mobilenet_v3", "plain_cnn", "resnet"]
+__all__ = ["MODELS", "build", "convnext", "mlp", "mobilenet_v2", "mobilenet_v3", "plain_cnn", "resnet",
+           "temporal_cnn", "vit"]

@@ -1,0 +1,88 @@
+"""Coupling rules for hand-written attention: splitting channels into heads, batched matmuls
+across heads, and merging heads back.
+
+A channel group split by ``x.view(B, T, -1, head_dim)`` is tracked along its heads axis with
+``head = head_dim`` channels per index, so query, key and value are tied by the products between
+them and shrink by whole heads; ``reshape(B, T, -1)`` turns heads back into channels. Head counts
+given as a literal (``view(B, T, 8, 64)``) cannot follow a smaller width, so those are frozen by
+the caller. The products' multiply-adds scale with the number of heads and are recorded so that
+counts match what runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch.fx as fx
+
+from onefit.graph.plan import OpCost
+
+
+def _dynamic(size) -> bool:
+    return size == -1 or isinstance(size, fx.Node)
+
+
+def _owner(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def split_heads(walker, chan, in_shape: tuple, out_shape: tuple, sizes: list):
+    """(..., C) -> (..., H, d) with H given as -1: the channels become heads of d channels."""
+    if chan.axis != len(in_shape) - 1 or chan.unit != 1 or chan.head != 1:
+        return None
+    if len(out_shape) != len(in_shape) + 1 or tuple(out_shape[:-2]) != tuple(in_shape[:-1]):
+        return None
+    d = out_shape[-1]
+    if out_shape[-2] * d != in_shape[-1] or len(sizes) != len(out_shape) or not _dynamic(sizes[-2]):
+        return None
+    walker.mark_heads(chan.group, d)
+    return replace(chan, axis=len(out_shape) - 2, head=d)
+
+
+def merge_heads(chan, in_shape: tuple, out_shape: tuple, sizes: list):
+    """(..., H, d) -> (..., H*d) with the merged size given as -1: heads become channels again."""
+    if chan.head == 1 or chan.axis != len(in_shape) - 2 or len(out_shape) != len(in_shape) - 1:
+        return None
+    if tuple(out_shape[:-1]) != tuple(in_shape[:-2]) or len(sizes) != len(out_shape) or not _dynamic(sizes[-1]):
+        return None
+    return replace(chan, axis=len(out_shape) - 1, head=1)
+
+
+def _batch_axis_from_end(chan, shape: tuple) -> int | None:
+    """How far from the end the chan's axis is, if it is a batch axis of a matmul (not the last two)."""
+    k = len(shape) - chan.axis
+    return k if k > 2 else None
+
+
+def matmul(walker, node: fx.Node, shape) -> object:
+    """a @ b batched over heads: ties a's and b's groups; the result keeps the heads axis."""
+    a, b = node.args[:2]
+    ca, cb = walker.chan.get(a), walker.chan.get(b)
+    if ca is None and cb is None:
+        return None
+    ka = _batch_axis_from_end(ca, shape(a)) if ca else None
+    kb = _batch_axis_from_end(cb, shape(b)) if cb else None
+    if ca is None or cb is None or ka is None or ka != kb or ca.head != cb.head:
+        return walker.unknown(node, "matmul that mixes channels")
+    walker.union(ca, cb, f"matmul ({node.name})")
+    out = shape(node)
+    walker.ops.append(OpCost(_owner(node), ca.group, math.prod(out[1:]) * shape(a)[-1]))
+    return replace(ca, axis=len(out) - ka)
+
+
+def attention(walker, node: fx.Node, shape) -> object:
+    """F.scaled_dot_product_attention(q, k, v): ties q, k and v; two products of T x S x d per head."""
+    q, k, v = node.args[:3]
+    chans = [walker.chan.get(t) for t in (q, k, v)]
+    if all(c is None for c in chans):
+        return None
+    axes = {_batch_axis_from_end(c, shape(t)) if c else None for c, t in zip(chans, (q, k, v))}
+    if None in chans or len(axes) != 1 or None in axes or len({c.head for c in chans}) != 1:
+        return walker.unknown(node, "attention over channels it cannot follow")
+    walker.union(chans[0], chans[1], f"attention ({node.name})")
+    walker.union(chans[0], chans[2], f"attention ({node.name})")
+    qs, ks = shape(q), shape(k)
+    walker.ops.append(OpCost(_owner(node), chans[0].group, 2 * math.prod(qs[1:-1]) * ks[-2] * qs[-1]))
+    return chans[0]
