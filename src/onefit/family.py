@@ -70,6 +70,7 @@ class Family(nn.Module):
         settings = [(self.module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
                     for layer in self.plan.layers.values() if layer.kind in ("linear", "conv")]
         settings += [(self.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in self.plan.stages]
+        settings += [(self.module.get_submodule(m), attr, widths[g]) for m, attr, g in self.plan.bindings]
         return settings
 
     @contextlib.contextmanager
@@ -98,7 +99,7 @@ class Family(nn.Module):
             module = self.module.get_submodule(layer.name)
             full_in, full_out = _full_sizes(module)
             n_in = full_in if layer.in_group is None else widths[layer.in_group] * layer.in_unit
-            n_out = full_out if layer.out_group is None else widths[layer.out_group]
+            n_out = full_out if layer.out_group is None else widths[layer.out_group] * layer.segments
             sizes[layer.name] = (n_in, n_out)
         return sizes
 
@@ -115,6 +116,10 @@ class Family(nn.Module):
             layer = sub.get_submodule(name)
             if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
                 _replace(sub, name, layer.to_plain(n_in, n_out))
+        widths = self.widths(arch)
+        for module, attr, group in self.plan.bindings:
+            if not f"{module}.".startswith(skipped):
+                setattr(sub.get_submodule(module), attr, widths[group])
         for stage in sorted(self.plan.stages, key=lambda s: -s.name.count(".")):
             _replace(sub, stage.name, sub.get_submodule(stage.name).to_plain(self.depths(arch)[stage.name]))
         return sub  # each module keeps its own train/eval mode
@@ -139,6 +144,8 @@ def _full_sizes(module: nn.Module) -> tuple[int, int]:
         return module.num_features, module.num_features
     if hasattr(module, "normalized_shape"):
         return module.normalized_shape[-1], module.normalized_shape[-1]
+    if hasattr(module, "nx"):  # transformers' Conv1D
+        return module.nx, module.nf
     return 0, 0
 
 
@@ -169,7 +176,10 @@ def elasticize(
     for layer in plan.layers.values():
         plain = module.get_submodule(layer.name)
         if layer.kind != "other" and elastic_type_for(plain) is not None:
-            _replace(module, layer.name, to_elastic(plain))
+            elastic = to_elastic(plain)
+            if layer.segments > 1:
+                elastic.segments = layer.segments
+            _replace(module, layer.name, elastic)
     for stage in plan.stages:
         plain = module.get_submodule(stage.name)
         elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential

@@ -37,7 +37,10 @@ class L1Importance:
     def __call__(self, producers: list[nn.Module]) -> torch.Tensor:
         total = 0
         for layer in producers:
-            score = layer.weight.detach().abs().flatten(1).sum(1)
+            if hasattr(layer, "channel_scores"):  # a layer with its own weight layout
+                score = layer.channel_scores()
+            else:
+                score = layer.weight.detach().abs().flatten(1).sum(1)
             total = total + score / score.mean().clamp_min(1e-12)
         return total
 
@@ -62,6 +65,12 @@ def sort_(family, importance: Importance | None = None):
 def _permute_group(module: nn.Module, plan: Plan, gid: int, order: torch.Tensor) -> None:
     for layer in plan.layers.values():
         m = module.get_submodule(layer.name)
+        if hasattr(m, "permute_out"):  # a layer with its own weight layout
+            if layer.out_group == gid:
+                m.permute_out(order)
+            if layer.in_group == gid:
+                m.permute_in((order[:, None] * layer.in_unit + torch.arange(layer.in_unit)).flatten())
+            continue
         if layer.out_group == gid:
             # Output side: rows of weights and every per-channel tensor (bias, norm statistics).
             for name in ("weight", "bias", "running_mean", "running_var"):

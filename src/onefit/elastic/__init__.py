@@ -7,6 +7,7 @@ flows through norms, depthwise convolutions and consumers without further bookke
 
 from onefit.elastic.conv import ElasticConv
 from onefit.elastic.depth import ElasticModuleList, ElasticSequential
+from onefit.elastic.hf_conv1d import ElasticHFConv1D
 from onefit.elastic.linear import ElasticLinear
 from onefit.elastic.norm import ElasticBatchNorm, ElasticLayerNorm
 from onefit.elastic.registry import elastic_type_for, to_elastic
@@ -14,6 +15,7 @@ from onefit.elastic.registry import elastic_type_for, to_elastic
 __all__ = [
     "ElasticBatchNorm",
     "ElasticConv",
+    "ElasticHFConv1D",
     "ElasticLayerNorm",
     "ElasticLinear",
     "ElasticModuleList",

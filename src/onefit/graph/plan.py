@@ -49,6 +49,7 @@ class LayerPlan:
     positions: int = 1  # output positions per sample (H*W for a conv, tokens for a Linear)
     reason: str | None = None
     in_positions: int = 1  # input positions per sample (input elements = in_positions * input features)
+    segments: int = 1  # a fused projection (GPT-2's q|k|v) has out_group's width once per segment
 
 
 @dataclass
@@ -80,6 +81,9 @@ class Plan:
     stages: list[StagePlan]
     notes: list[str] = field(default_factory=list)  # ops that forced a group to stay whole
     ops: list[OpCost] = field(default_factory=list)
+    # (module, attribute, group): attributes a module's forward reads that must follow a width,
+    # e.g. GPT-2 attention's split_size
+    bindings: list[tuple[str, str, int]] = field(default_factory=list)
 
     def group_of(self, name: str) -> Group | None:
         gid = self.layers[name].out_group

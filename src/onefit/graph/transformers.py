@@ -1,7 +1,7 @@
 """Plans for Hugging Face transformer encoders (BERT, MiniLM, ViT, ...), which torch.fx cannot trace.
 
 Their structure is regular, so it is read off the modules instead of a graph: every block of
-``<encoder>.layer`` (BERT) or ``<model>.layers`` (ViT) gets a ``heads`` dimension (query, key and value outputs shrink by whole
+``<encoder>.layer`` (BERT), ``<model>.layers`` (ViT) or ``<model>.h`` (GPT-2) gets a ``heads`` dimension (query, key and value outputs shrink by whole
 heads, the attention output projection's inputs follow) and an FFN ``width`` dimension; the
 encoder's ``layer`` list is a depth stage. The hidden size, the residual stream every block reads
 and writes, is kept whole. This relies on the attention reshaping with ``-1`` heads, as
@@ -23,8 +23,10 @@ LAYOUTS = {
     "bert": ("attention.self", ("query", "key", "value"), "attention.output.dense", "intermediate.dense",
              "output.dense", "attention_head_size"),
     "vit": ("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", "mlp.fc1", "mlp.fc2", "head_dim"),
+    # GPT-2: one fused q|k|v projection (transformers' Conv1D), split by the attention's split_size
+    "gpt2": ("attn", ("c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "head_dim"),
 }
-LISTS = ("layer", "layers")  # the attribute holding an encoder's blocks
+LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
 
 
@@ -48,10 +50,18 @@ def find_encoders(model: nn.Module) -> list[str]:
     return found
 
 
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.nf
+
+
 def _linear_shapes(model: nn.Module, example_inputs: tuple) -> dict[str, tuple[tuple, tuple]]:
     shapes, hooks = {}, []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
+        if _is_linear(module):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, name=name: shapes.__setitem__(name, (tuple(i[0].shape), tuple(o.shape)))))
     modes = {m: m.training for m in model.modules()}
@@ -80,30 +90,33 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
         groups[gid] = Group(gid, size, **kw)
         return gid
 
-    def linear(name: str, in_group: int | None, out_group: int | None) -> None:
+    def linear(name: str, in_group: int | None, out_group: int | None, segments: int = 1) -> None:
         (in_shape, out_shape) = shapes.get(name, ((1, 1), (1, 1)))
         layers[name] = LayerPlan(name, "linear", in_group, out_group, 1, math.prod(out_shape[1:-1]),
-                                 in_positions=math.prod(in_shape[1:-1]))
+                                 in_positions=math.prod(in_shape[1:-1]), segments=segments)
 
-    stages = []
+    stages, bindings = [], []
     for path in encoders:
         blocks = model.get_submodule(path)
-        hidden = new_group(blocks[0].get_submodule(_layout(blocks[0])[2]).out_features, frozen=HIDDEN,
+        hidden = new_group(_out_features(blocks[0].get_submodule(_layout(blocks[0])[2])), frozen=HIDDEN,
                            label=f"{path}.hidden")
         for i, block in enumerate(blocks):
             attn, qkv, out, ffn_in, ffn_out, head_attr = _layout(block)
             b = f"{path}.{i}"
             head_size = getattr(block.get_submodule(attn), head_attr)
-            heads = new_group(block.get_submodule(f"{attn}.{qkv[0]}").out_features, multiple=head_size, kind="heads",
-                              label=f"{b}.{attn}", producers=[f"{b}.{attn}.{q}" for q in qkv])
+            fused = 3 if len(qkv) == 1 else 1  # one projection holding q, k and v side by side
+            heads = new_group(_out_features(block.get_submodule(f"{attn}.{qkv[0]}")) // fused, multiple=head_size,
+                              kind="heads", label=f"{b}.{attn}", producers=[f"{b}.{attn}.{q}" for q in qkv])
             for q in qkv:
-                linear(f"{b}.{attn}.{q}", hidden, heads)
+                linear(f"{b}.{attn}.{q}", hidden, heads, segments=fused)
+            if fused > 1:
+                bindings.append((f"{b}.{attn}", "split_size", heads))
             linear(f"{b}.{out}", heads, hidden)
-            ffn = new_group(block.get_submodule(ffn_in).out_features, producers=[f"{b}.{ffn_in}"])
+            ffn = new_group(_out_features(block.get_submodule(ffn_in)), producers=[f"{b}.{ffn_in}"])
             linear(f"{b}.{ffn_in}", hidden, ffn)
             linear(f"{b}.{ffn_out}", ffn, hidden)
         stages.append(StagePlan(path, len(blocks), 1))
     for name in shapes:  # other Linear layers (poolers, heads): whole, but their MACs count
         if name not in layers:
             linear(name, None, None)
-    return Plan(groups, layers, stages, [f"{path}: {HIDDEN}" for path in encoders])
+    return Plan(groups, layers, stages, [f"{path}: {HIDDEN}" for path in encoders], bindings=bindings)
