@@ -18,14 +18,43 @@ from onefit import zoo
 
 RESULTS = Path(__file__).parent / "results"
 
+def _image(*shape):
+    return lambda: (torch.randn(*shape),)
+
+
+def _hf(kind: str):
+    import transformers
+
+    if kind == "bert":
+        config = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                         intermediate_size=512)
+        return transformers.BertModel(config, add_pooling_layer=False)
+    if kind == "vit":
+        config = transformers.ViTConfig(image_size=32, patch_size=4, num_channels=3, hidden_size=128,
+                                        num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+        return transformers.ViTModel(config, add_pooling_layer=False)
+    config = transformers.GPT2Config(vocab_size=1000, n_embd=128, n_layer=4, n_head=4, n_positions=64)
+    return transformers.GPT2Model(config)
+
+
+def _tokens():
+    return (torch.randint(0, 1000, (1, 16)),)
+
+
+# name: (model factory, example inputs factory)
 CASES = {
-    "mlp": (lambda: zoo.mlp(), (1, 1, 8, 8)),
-    "plain_cnn": (lambda: zoo.plain_cnn(), (1, 1, 8, 8)),
-    "resnet (basic)": (lambda: zoo.resnet(), (1, 1, 8, 8)),
-    "resnet (bottleneck)": (lambda: zoo.resnet(widths=(16, 32), bottleneck=True), (1, 1, 8, 8)),
-    "mobilenet_v2": (lambda: zoo.mobilenet_v2(), (1, 1, 8, 8)),
-    "mobilenet_v3": (lambda: zoo.mobilenet_v3(), (1, 1, 8, 8)),
-    "convnext": (lambda: zoo.convnext(), (1, 1, 8, 8)),
+    "mlp": (lambda: zoo.mlp(), _image(1, 1, 8, 8)),
+    "plain_cnn": (lambda: zoo.plain_cnn(), _image(1, 1, 8, 8)),
+    "resnet (basic)": (lambda: zoo.resnet(), _image(1, 1, 8, 8)),
+    "resnet (bottleneck)": (lambda: zoo.resnet(widths=(16, 32), bottleneck=True), _image(1, 1, 8, 8)),
+    "mobilenet_v2": (lambda: zoo.mobilenet_v2(), _image(1, 1, 8, 8)),
+    "mobilenet_v3": (lambda: zoo.mobilenet_v3(), _image(1, 1, 8, 8)),
+    "convnext": (lambda: zoo.convnext(), _image(1, 1, 8, 8)),
+    "temporal_cnn": (lambda: zoo.temporal_cnn(), _image(1, 4, 32)),
+    "vit (hand-written attention)": (lambda: zoo.vit(), _image(1, 1, 8, 8)),
+    "transformers BERT": (lambda: _hf("bert"), _tokens),
+    "transformers ViT": (lambda: _hf("vit"), _image(1, 3, 32, 32)),
+    "transformers GPT-2": (lambda: _hf("gpt2"), _tokens),
 }
 
 MINILM_PROBE = """
@@ -51,9 +80,9 @@ print(json.dumps({"seconds": seconds, "model_bytes": model_bytes, "peak_rss_befo
 
 def main() -> dict:
     rows = {}
-    for name, (build, shape) in CASES.items():
+    for name, (build, inputs) in CASES.items():
         torch.manual_seed(0)
-        report = onefit.inspect(build(), (torch.randn(*shape),))
+        report = onefit.inspect(build().eval(), inputs())
         rows[name] = {"coverage": report.coverage, "reducible": report.reducible, "space_size": report.space_size,
                       "params_min": report.params_min, "params_max": report.params_max,
                       "dimensions": len(report.dimensions)}

@@ -1,18 +1,16 @@
 import json
-import os
 import pickle
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import onefit
-from onefit.checkpoint import CheckpointError, save_family
+from onefit.checkpoint import CheckpointError
 
 
 def trained_family():

@@ -29,13 +29,20 @@ def test_cli_exports_a_sub_model_from_the_demo_run(demo_run):
     folder, result = demo_run
     runner = CliRunner()
     budget = result["rows"][4]["params"]
-    out = runner.invoke(app, ["export", str(folder), "--params", str(budget), "--int8", "--name", "small"])
+    out = runner.invoke(app, ["export", str(folder), "--params", str(budget), "--name", "small"])
     assert out.exit_code == 0, out.output
-    report = json.loads((folder / "models" / "small-int8.json").read_text())
-    assert report["method"] == "static-qdq" and report["cosine"] > 0.98 and "change" in report["accuracy"]
-    assert (folder / "models" / "small-int8.onnx").stat().st_size == report["bytes"]
+    report = json.loads((folder / "models" / "small.json").read_text())
+    assert report["method"] == "fp32" and report["cosine"] > 0.99999 and report["accuracy"]["change"] == 0
+    assert (folder / "models" / "small.onnx").stat().st_size == report["bytes"]
+    # A one-epoch demo family quantizes roughly; the floor is the caller's to set, and a miss is loud.
+    out = runner.invoke(app, ["export", str(folder), "--params", str(budget), "--int8", "--min-cosine", "0.9"])
+    assert out.exit_code == 0, out.output
+    assert json.loads((folder / "models" / "model-int8.json").read_text())["method"] == "static-qdq"
+    strict = runner.invoke(app, ["export", str(folder), "--int8", "--min-cosine", "0.9999999", "--name", "strict"])
+    assert strict.exit_code == 2 and "parity check failed" in strict.output
+    assert not (folder / "models" / "strict-int8.onnx").exists()
     bad = runner.invoke(app, ["export", str(folder), "--arch", '{"depth:stages.0": 9}'])
-    assert bad.exit_code == 2 and "allowed values are [1, 2, 3]" in bad.output
+    assert bad.exit_code == 2 and "allowed values are [1, 2]" in bad.output
     missing = runner.invoke(app, ["export", str(folder / "nope")])
     assert missing.exit_code == 2 and "family.json is missing" in missing.output
 

@@ -173,3 +173,16 @@ def test_extraction_keeps_each_module_in_its_mode():
         family.train(mode)
         sub = family.extract(family.space.min())
         assert {m.training for m in sub.modules()} == {mode}
+
+
+def test_choices_per_dimension_kind():
+    model = onefit.zoo.vit(dim=32, heads=4, depth=4)
+    config = onefit.ElasticConfig(width=(0.5, 1.0), heads=(0.25, 1.0), depth=(2, 3, 9))
+    family = onefit.elasticize(model, (torch.randn(1, 1, 8, 8),), config)
+    assert family.space["heads:blocks.0.attn.q"].choices == (1, 4)
+    assert family.space["width:blocks.0.mlp.0"].choices == (32, 64)
+    assert family.space["depth:blocks"].choices == (2, 3, 4)  # 9 is more than the stage has; all 4 always
+    assert "depth:blocks" not in onefit.elasticize(model, (torch.randn(1, 1, 8, 8),),
+                                                   onefit.ElasticConfig(depth=False)).space.names
+    with pytest.raises(ValueError, match="ElasticConfig.depth"):
+        onefit.ElasticConfig(depth=(0,))

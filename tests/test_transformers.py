@@ -2,7 +2,6 @@
 on the real pretrained all-MiniLM-L6-v2."""
 
 import random
-import resource
 import time
 
 import pytest
@@ -88,7 +87,6 @@ def minilm():
 
 def test_minilm_largest_arch_keeps_the_embeddings(minilm):
     model, (ids, mask) = minilm
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     family = onefit.sort_(onefit.elasticize(model, (ids[:2], mask[:2])))
     seconds = time.perf_counter() - t0

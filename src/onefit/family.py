@@ -48,8 +48,7 @@ class Family(nn.Module):
             for g in plan.groups.values()
             if g.elastic
         ]
-        if config.depth:
-            dims += [Dimension(s.dim_name, "depth", tuple(range(s.min_depth, s.blocks + 1))) for s in plan.stages]
+        dims += [Dimension(s.dim_name, "depth", config.depth_choices(s.min_depth, s.blocks)) for s in plan.stages]
         self.space = Space([d for d in dims if len(d.choices) > 1])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

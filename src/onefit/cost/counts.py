@@ -29,6 +29,21 @@ def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: 
     return sum(p.numel() for p in module.parameters()), 0
 
 
+def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
+    """Per active bound layer: name, kind, params, macs, positions, input and output elements."""
+    arch = family.space.complete(arch)
+    sizes, skipped = family.layer_sizes(arch), family.skipped(arch)
+    rows = []
+    for name, layer in family.plan.layers.items():
+        if f"{name}.".startswith(skipped):
+            continue
+        n_in, n_out = sizes[name]
+        p, m = _layer_cost(family.module.get_submodule(name), layer.kind, n_in, n_out, layer.positions)
+        rows.append({"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
+                     "elements": layer.in_positions * n_in + layer.positions * n_out})
+    return rows
+
+
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     """Costs of the sub-model ``arch``, per sample where it matters:
 
@@ -37,20 +52,10 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     output of any one layer, at 4 bytes an element.
     """
     arch = family.space.complete(arch)
-    sizes, skipped = family.layer_sizes(arch), family.skipped(arch)
-    params = macs = layers = peak = 0
-    counted: set[str] = set()
-    for name, layer in family.plan.layers.items():
-        counted.add(name)
-        if f"{name}.".startswith(skipped):
-            continue
-        module = family.module.get_submodule(name)
-        n_in, n_out = sizes[name]
-        p, m = _layer_cost(module, layer.kind, n_in, n_out, layer.positions)
-        params, macs = params + p, macs + m
-        if layer.kind in ("linear", "conv", "conv_pass"):
-            layers += 1
-            peak = max(peak, layer.in_positions * n_in + layer.positions * n_out)
+    skipped = family.skipped(arch)
+    rows = layer_costs(family, arch)
+    computing = [r for r in rows if r["kind"] in ("linear", "conv", "conv_pass")]
+    params, macs = sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
     widths = family.widths(arch)
     for op in family.plan.ops:  # attention products: they scale with the number of heads
         group = family.plan.groups.get(op.group)
@@ -58,10 +63,10 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
             macs += op.macs * widths[op.group] // group.size
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
-        if owner not in counted and not f"{owner}.".startswith(skipped):
+        if owner not in family.plan.layers and not f"{owner}.".startswith(skipped):
             params += param.numel()
-    return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": layers,
-            "activation_bytes": 4 * peak}
+    return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": len(computing),
+            "activation_bytes": 4 * max((r["elements"] for r in computing), default=0)}
 
 
 def count_params(family, arch: Mapping[str, Any]) -> int:

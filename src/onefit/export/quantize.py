@@ -7,6 +7,8 @@ transformers) get dynamic quantization, whose activation ranges are computed at 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from itertools import islice
 from pathlib import Path
@@ -32,6 +34,16 @@ def _calibration_batches(calibration: Iterable, examples: tuple) -> list[np.ndar
     return batches
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ONNX Runtime's quantizer logs advice on the root logger at every call; keep it out."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None) -> tuple[bytes, str]:
     """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic")."""
     import onnx
@@ -45,7 +57,7 @@ def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | N
             "int8 export of a model with convolutions needs calibration=... (a few batches of real "
             "inputs): it uses static QDQ quantization, since dynamic int8 slows convolutions down"
         )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         src, dst = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(model_bytes)
         if has_conv:
