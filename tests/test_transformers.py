@@ -102,3 +102,14 @@ def test_minilm_largest_arch_keeps_the_embeddings(minilm):
     assert len(sub.encoder.encoder.layer) == 4 and sub.encoder.encoder.layer[0].attention.self.query.out_features == 192
     with torch.no_grad(), family.activate(arch):
         assert torch.allclose(sub(ids, mask), family(ids, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("build, pinned", [(bert, (0.8697, 0.7923, 12288)), (vit, (0.9553, 0.8278, 512)),
+                                           (gpt2, (0.9099, 0.8306, 12288))], ids=["bert", "vit", "gpt2"])
+def test_encoder_coverage_is_pinned(build, pinned):
+    """Embeddings and the hidden size stay whole; everything inside the blocks is elastic."""
+    model, inputs = build()
+    report = onefit.inspect(model, inputs)
+    assert (round(report.coverage, 4), round(report.reducible, 4), report.space_size) == pinned
+    embeddings = [layer for layer in report.layers if "embed" in layer.name or layer.name in ("wte", "wpe")]
+    assert embeddings and not any(layer.elastic for layer in embeddings)
