@@ -46,7 +46,7 @@ class L1Importance:
 
 
 def sort_(family, importance: Importance | None = None):
-    """Sort every elastic width group of ``family`` in place, most important channels first."""
+    """Sort every elastic width and heads group of ``family`` in place, most important first."""
     importance = importance or L1Importance()
     module, plan = family.module, family.plan
     with torch.no_grad():
@@ -54,7 +54,8 @@ def sort_(family, importance: Importance | None = None):
             if not group.elastic:
                 continue
             producers = [module.get_submodule(n) for n in group.producers]
-            # Grouped convolutions tie channels in blocks of `multiple`: move whole blocks.
+            # Grouped convolutions and attention heads tie channels in blocks of `multiple`:
+            # move whole blocks.
             m = group.multiple
             blocks = torch.argsort(importance(producers).view(-1, m).sum(1), descending=True, stable=True)
             order = (blocks[:, None] * m + torch.arange(m)).flatten()
