@@ -6,6 +6,7 @@ Public names only. Heavy optional dependencies (onnx, transformers, ...) are imp
 from onefit.checkpoint import CheckpointError, load
 from onefit.cost import costs, count_macs, count_params
 from onefit.coverage import Coverage, inspect
+from onefit.export import ExportError, ExportReport, export
 from onefit.config import ElasticConfig
 from onefit.family import Family, elasticize
 from onefit.importance import L1Importance, sort_
@@ -32,6 +33,8 @@ __all__ = [
     "Coverage",
     "Dimension",
     "ElasticConfig",
+    "ExportError",
+    "ExportReport",
     "Family",
     "L1Importance",
     "SandwichSampler",
@@ -43,6 +46,7 @@ __all__ = [
     "count_params",
     "elasticize",
     "evaluate",
+    "export",
     "inspect",
     "largest_within",
     "load",
