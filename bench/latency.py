@@ -46,17 +46,15 @@ def batch_of(data, n: int) -> torch.Tensor:
     return xs[:n] if len(xs) >= n else xs.repeat(n // len(xs) + 1, 1, 1, 1)[:n]
 
 
-def three_backends(module, fp32_path, int8_path, example, repeats: int, roof, macs: int) -> dict:
-    """Latency of the three runtimes on one input, measured back to back."""
-    out = {}
-    for name, target, backend in (("eager", module, "eager"), ("ort_fp32", fp32_path, "onnxruntime"),
-                                  ("ort_int8", int8_path, "onnxruntime")):
-        lat = measure_latency(target, example, backend=backend, repeats=repeats, warmup=max(3, repeats // 10))
-        out[name] = {**lat.to_json(), "efficiency": roof.efficiency(macs * lat.batch, lat.median_ms, int8=name == "ort_int8")}
-    return out
+def three_backends(module, fp32_path, int8_path, example, repeats: int, cost: dict) -> dict:
+    """Latency of the three runtimes on one input, measured back to back, each with its roofline."""
+    return {name: measure_latency(target, example, backend=backend, repeats=repeats, warmup=max(3, repeats // 10),
+                                  cost=cost, int8=name == "ort_int8").to_json()
+            for name, target, backend in (("eager", module, "eager"), ("ort_fp32", fp32_path, "onnxruntime"),
+                                          ("ort_int8", int8_path, "onnxruntime"))}
 
 
-def cnn_part(args, tmp: Path, roof) -> dict:
+def cnn_part(args, tmp: Path) -> dict:
     family, train_data, test_data = trained_family(args.epochs, small=args.quick)
     rows = []
     for i, arch in enumerate(spread(family.space.nested_chain(), args.submodels)):
@@ -71,9 +69,7 @@ def cnn_part(args, tmp: Path, roof) -> dict:
                "bytes": {"fp32": fp32.bytes, "int8": int8.bytes}}
         for batch in (1, 64):
             x = batch_of(test_data, batch)
-            bound = roof.bound_ms(cost["macs"] * batch, cost["weight_bytes"] + cost["activation_bytes"] * batch)
-            row[f"b{batch}"] = {**three_backends(module, fp32.path, int8.path, x, args.repeats, roof, cost["macs"]),
-                                "roofline_bound_ms": bound}
+            row[f"b{batch}"] = three_backends(module, fp32.path, int8.path, x, args.repeats, cost)
         rows.append(row)
         print(f"  cnn {i}: params {cost['params']:,} b1 eager {row['b1']['eager']['median_ms']:.3f} "
               f"ort {row['b1']['ort_fp32']['median_ms']:.3f} int8 {row['b1']['ort_int8']['median_ms']:.3f} | b64 "
@@ -133,7 +129,7 @@ def latency_model_part(family, args, tmp: Path) -> dict:
     return result
 
 
-def minilm_part(args, tmp: Path, roof) -> dict:
+def minilm_part(args, tmp: Path) -> dict:
     from onefit.zoo.minilm import SENTENCES, minilm, tokenize
 
     model, tokenizer = minilm()
@@ -149,12 +145,13 @@ def minilm_part(args, tmp: Path, roof) -> dict:
     # One multiply-add per encoder weight per token; attention's own products (T^2 terms) are left out.
     encoder_params = sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
     macs = encoder_params * ids.shape[1]
+    cost = {"macs": macs, "weight_bytes": 4 * encoder_params, "activation_bytes": 4 * 384 * ids.shape[1]}
     out = {"params": sum(p.numel() for p in model.parameters()), "macs_estimate": macs, "sequence": ids.shape[1],
            "bytes": {"fp32": fp32.bytes, "int8": int8.bytes}, "cosine_to_torch": cosines}
     for batch in (1, 64):
         reps = max(args.repeats // (1 if batch == 1 else 10), 5)
         x = (ids.repeat(6, 1)[:batch], mask.repeat(6, 1)[:batch])
-        out[f"b{batch}"] = three_backends(model, fp32.path, int8.path, x, reps, roof, macs)
+        out[f"b{batch}"] = three_backends(model, fp32.path, int8.path, x, reps, cost)
         print(f"  minilm b{batch}: " + ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in out[f"b{batch}"].items()),
               flush=True)
     return out
@@ -194,7 +191,7 @@ def markdown(result: dict) -> str:
             f"| {r['params']:,} | {r['macs']:,} | {a['torch']:.1f} / {a['ort_fp32']:.1f} / {a['ort_int8']:.1f} | "
             f"{b1['eager']['median_ms']:.3f} | {b1['ort_fp32']['median_ms']:.3f} | {b1['ort_int8']['median_ms']:.3f} | "
             f"{b64['eager']['median_ms']:.2f} | {b64['ort_fp32']['median_ms']:.2f} | {b64['ort_int8']['median_ms']:.2f} | "
-            f"{b64['ort_fp32']['efficiency']:.1%} | {b64['roofline_bound_ms']:.3f} |")
+            f"{b64['ort_fp32']['efficiency']:.1%} | {b64['ort_fp32']['bound_ms']:.3f} |")
 
     def fmt(d):
         return f"{d['median']:.2f} (range {d['min']:.2f}–{d['max']:.2f})"
@@ -241,8 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     roof = machine_roofline()
     with tempfile.TemporaryDirectory() as tmp:
-        cnn = cnn_part(args, Path(tmp), roof)
-        minilm = None if args.no_minilm else minilm_part(args, Path(tmp), roof)
+        cnn = cnn_part(args, Path(tmp))
+        minilm = None if args.no_minilm else minilm_part(args, Path(tmp))
     result = {
         "command": "python bench/latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": environment(), "threads": torch.get_num_threads(), "repeats": args.repeats,

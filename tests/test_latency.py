@@ -77,3 +77,17 @@ def test_roofline_bounds_and_efficiency():
     assert r.bound_ms(macs=0, bytes_moved=10_000_000) == pytest.approx(1.0)  # 1e7 bytes at 1e10 B/s
     assert r.efficiency(macs=50_000_000, latency_ms=2.0) == pytest.approx(0.5)
     assert r.efficiency(macs=50_000_000, latency_ms=1.0, int8=True) == pytest.approx(0.25)
+
+
+def test_latency_with_a_cost_carries_its_roofline(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEFIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(onefit.cost.roofline, "measure_roofline",
+                        lambda threads=None, seconds=0.5: Roofline(100.0, 400.0, 10.0, threads or 1))
+    family = synthetic_family()
+    arch = family.space.max()
+    lat = measure_latency(family.extract(arch), torch.randn(4, 1, 8, 8), backend="eager", repeats=5,
+                          cost=onefit.costs(family, arch))
+    cost = onefit.costs(family, arch)
+    macs, moved = cost["macs"] * 4, cost["weight_bytes"] + cost["activation_bytes"] * 4
+    assert lat.efficiency == pytest.approx(2 * macs / (lat.median_ms * 1e-3) / 100e9)
+    assert lat.bound_ms == pytest.approx(max(2 * macs / 100e9, moved / 10e9) * 1e3)

@@ -65,12 +65,13 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
     rows = []
     for arch in spread(family.space.nested_chain(), config.rows):
         sub = recalibrate_bn(family.extract(arch), train_data)
+        cost = costs(family, arch)
         rows.append({
             "arch": arch,
             "summary": summarize(family, arch),
-            **costs(family, arch),
+            **cost,
             "accuracy": evaluate(sub, test_data),
-            "latency_b1": measure_latency(sub, example, backend="onnxruntime").to_json(),
+            "latency_b1": measure_latency(sub, example, backend="onnxruntime", cost=cost).to_json(),
         })
     budget = rows[len(rows) // 2]["params"]
     pick = largest_within(family, params=budget)
@@ -93,12 +94,12 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"digits ResNet family: {result['space_size']:,} sub-models, {len(result['rows'])} shown")
-    for col in ("#", "sub-model", "params", "MACs", "test acc %", "ORT latency b=1 (ms)"):
+    for col in ("#", "sub-model", "params", "MACs", "test acc %", "ORT latency b=1 (ms)", "of peak"):
         table.add_column(col, justify="left" if col == "sub-model" else "right")
     for i, row in enumerate(result["rows"]):
         lat = row["latency_b1"]
         table.add_row(str(i), row["summary"], f"{row['params']:,}", f"{row['macs']:,}", f"{row['accuracy']:.1f}",
-                      f"{lat['median_ms']:.3f} (p90 {lat['p90_ms']:.3f})")
+                      f"{lat['median_ms']:.3f} (p90 {lat['p90_ms']:.3f})", f"{lat['efficiency']:.1%}")
     console = Console()
     console.print(table)
     console.print(f"full model trained alone: {result['full_model_accuracy']:.1f}% test accuracy")

@@ -29,6 +29,8 @@ class Latency:
     batch: int
     threads: int
     repeats: int
+    efficiency: float | None = None  # achieved FLOP/s over this machine's peak, when the cost is known
+    bound_ms: float | None = None  # the least time the roofline allows, when the cost is known
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,9 +94,15 @@ def measure_latency(
     threads: int | None = None,
     repeats: int = 50,
     warmup: int = 10,
+    cost: dict | None = None,
+    int8: bool = False,
 ) -> Latency:
     """Latency of one forward pass of ``target`` (a module, or an ONNX file for onnxruntime) on
-    ``example`` (a tensor or a tuple of input tensors)."""
+    ``example`` (a tensor or a tuple of input tensors).
+
+    With ``cost`` (per-sample counts from ``onefit.costs``) the result also carries its efficiency
+    against this machine's roofline (int8 peak with ``int8``) and the roofline's lower bound.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if repeats < 1 or warmup < 0:
@@ -111,5 +119,13 @@ def measure_latency(
             run()
             times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend,
-                   int(examples[0].shape[0]), threads, repeats)
+    batch = int(examples[0].shape[0])
+    latency = Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend, batch, threads, repeats)
+    if cost is not None:
+        from onefit.cost.roofline import machine_roofline
+
+        roof = machine_roofline(threads)
+        latency.efficiency = roof.efficiency(cost["macs"] * batch, latency.median_ms, int8=int8)
+        latency.bound_ms = roof.bound_ms(cost["macs"] * batch, cost["weight_bytes"] + cost["activation_bytes"] * batch,
+                                         int8=int8)
+    return latency
