@@ -87,6 +87,27 @@ def randomize_norms(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+class DenseNet(nn.Module):
+    """DenseNet-style (Huang et al. 2017): each layer reads the concatenation of all before it."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1, self.conv1 = nn.BatchNorm2d(8), nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2, self.conv2 = nn.BatchNorm2d(14), nn.Conv2d(14, 6, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(20)
+        self.fc = nn.Linear(20, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.conv1(torch.relu(self.bn1(x)))], 1)
+        x = torch.cat([x, self.conv2(torch.relu(self.bn2(x)))], 1)
+        return self.fc(torch.relu(self.bn3(x)).mean((2, 3)))
+
+
+MODELS["densenet"] = (DenseNet, (4, 1, 8, 8))
+
+
 @pytest.fixture(params=sorted(MODELS))
 def zoo_case(request):
     build, shape = MODELS[request.param]

@@ -54,10 +54,26 @@ def test_unknown_ops_and_shared_layers_freeze_what_they_touch():
     plan = analyze(FixedView(), (torch.randn(2, 1, 8, 8),))
     g = groups_by_producer(plan)
     assert "reshape" in g["conv"].frozen or "view" in g["conv"].frozen
-    assert "cat" in g["a"].frozen
     assert "called more than once" in g["shared"].frozen
-    assert not any(group.elastic for group in plan.groups.values())
+    assert [group.name for group in plan.groups.values() if group.elastic] == ["width:a"]
+    # fc reads [fixed view | a | shared]: only the middle part can shrink.
+    assert plan.layers["fc"].in_segments == ((None, 256), (g["a"].id, 6), (g["shared"].id, 6))
     assert plan.notes  # every freeze by an op is listed
+
+
+class CatTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # (B, T, 4): concatenating along the tokens mixes no channels, but is not a channel cat
+        h = self.fc1(x)
+        return self.fc2(torch.cat([h, h[:, :1]], 1))
+
+
+def test_cat_along_another_axis_keeps_the_channels_whole():
+    plan = analyze(CatTokens(), (torch.randn(2, 3, 4),))
+    assert groups_by_producer(plan)["fc1"].frozen
 
 
 def test_permute_to_channels_last_keeps_tracking_the_channels():

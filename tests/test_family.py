@@ -186,3 +186,24 @@ def test_choices_per_dimension_kind():
                                                    onefit.ElasticConfig(depth=False)).space.names
     with pytest.raises(ValueError, match="ElasticConfig.depth"):
         onefit.ElasticConfig(depth=(0,))
+
+
+def test_a_concatenation_shrinks_part_by_part_and_keeps_its_statistics():
+    from conftest import DenseNet
+
+    torch.manual_seed(0)
+    family = onefit.elasticize(DenseNet(), (torch.randn(2, 1, 8, 8),))
+    arch = {"width:stem": 4, "width:conv1": 3, "width:conv2": 6}
+    bn3 = family.module.bn3
+    before = bn3.running_mean.clone()
+    family.train()
+    with family.activate(arch):
+        family(torch.randn(8, 1, 8, 8))
+    kept = torch.cat([torch.arange(0, 4), torch.arange(8, 11), torch.arange(14, 20)])  # stem | conv1 | conv2
+    changed = (bn3.running_mean != before).nonzero().flatten()
+    assert torch.equal(changed, kept)  # only the channels this sub-model uses were updated
+    family.eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad(), family.activate(arch):
+        assert torch.allclose(family.extract(arch)(x), family(x), atol=1e-6)
+    assert family.extract(arch).fc.in_features == 13

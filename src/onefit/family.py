@@ -70,7 +70,19 @@ class Family(nn.Module):
                     for layer in self.plan.layers.values() if layer.kind in ("linear", "conv")]
         settings += [(self.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in self.plan.stages]
         settings += [(self.module.get_submodule(m), attr, widths[g]) for m, attr, g in self.plan.bindings]
+        settings += [(self.module.get_submodule(layer.name), "in_index", self.input_index(layer, widths))
+                     for layer in self.plan.layers.values() if layer.in_segments]
         return settings
+
+    @staticmethod
+    def input_index(layer, widths: dict[int, int]):
+        """Input channels a layer reading a concatenation keeps: each part's first channels."""
+        parts, offset = [], 0
+        for group, size in layer.in_segments:
+            width = size if group is None else widths[group]
+            parts.append(torch.arange(offset, offset + width))
+            offset += size
+        return torch.cat(parts)
 
     @contextlib.contextmanager
     def activate(self, arch: Mapping[str, Any]) -> Iterator[Arch]:
@@ -99,6 +111,9 @@ class Family(nn.Module):
             full_in, full_out = _full_sizes(module)
             n_in = full_in if layer.in_group is None else widths[layer.in_group] * layer.in_unit
             n_out = full_out if layer.out_group is None else widths[layer.out_group] * layer.segments
+            if layer.in_segments:
+                n_in = len(self.input_index(layer, widths))
+                n_out = n_in if layer.kind == "norm" else n_out
             sizes[layer.name] = (n_in, n_out)
         return sizes
 
@@ -111,11 +126,13 @@ class Family(nn.Module):
         """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit."""
         arch = self.space.complete(arch)
         sub, skipped = copy.deepcopy(self.module), self.skipped(arch)
-        for name, (n_in, n_out) in self.layer_sizes(arch).items():
-            layer = sub.get_submodule(name)
-            if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
-                _replace(sub, name, layer.to_plain(n_in, n_out))
         widths = self.widths(arch)
+        for name, (n_in, n_out) in self.layer_sizes(arch).items():
+            layer, plan = sub.get_submodule(name), self.plan.layers[name]
+            if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
+                index = self.input_index(plan, widths) if plan.in_segments else None
+                _replace(sub, name, layer.to_plain(n_in, n_out, in_index=index) if index is not None
+                         else layer.to_plain(n_in, n_out))
         for module, attr, group in self.plan.bindings:
             if not f"{module}.".startswith(skipped):
                 setattr(sub.get_submodule(module), attr, widths[group])

@@ -19,6 +19,7 @@ from onefit.elastic.registry import register
 @register(nn.Conv1d, nn.Conv2d)
 class ElasticConv(nn.Module):
     active_out: int | None = None  # None: all outputs; ignored by pass-through (grouped) convs
+    in_index = None  # input channels to use when the input is a concatenation; None: a prefix
 
     @classmethod
     def from_plain(cls, plain: nn.Conv1d | nn.Conv2d) -> "ElasticConv":
@@ -51,11 +52,11 @@ class ElasticConv(nn.Module):
         else:
             out = self.out_channels if self.active_out is None else self.active_out
             groups = self.groups  # grouped convs that do not pass width are kept at full width
-            weight = self.weight[:out, : n_in // groups]
+            weight = self.weight[:out, : n_in // groups] if self.in_index is None else self.weight[:out, self.in_index]
         bias = None if self.bias is None else self.bias[:out]
         return self._conv(x, weight, bias, groups=groups, **self.options)
 
-    def to_plain(self, in_size: int, out_size: int) -> nn.Module:
+    def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Module:
         if self.passes_width:
             groups = in_size // (self.in_channels // self.groups)
         else:
@@ -63,7 +64,8 @@ class ElasticConv(nn.Module):
         kernel = tuple(self.weight.shape[2:])
         plain = self.plain_type(in_size, out_size, kernel, groups=groups, bias=self.bias is not None, **self.options)
         with torch.no_grad():
-            plain.weight.copy_(self.weight[:out_size, : in_size // groups])
+            columns = slice(0, in_size // groups) if in_index is None else in_index
+            plain.weight.copy_(self.weight[:out_size, columns])
             if self.bias is not None:
                 plain.bias.copy_(self.bias[:out_size])
         return plain.to(self.weight.device, self.weight.dtype)

@@ -12,6 +12,7 @@ from onefit.elastic.registry import register
 @register(nn.Linear)
 class ElasticLinear(nn.Linear):
     active_out: int | None = None  # None: all outputs
+    in_index = None  # input columns to use when the input is a concatenation; None: a prefix
 
     @classmethod
     def from_plain(cls, plain: nn.Linear) -> "ElasticLinear":
@@ -28,12 +29,14 @@ class ElasticLinear(nn.Linear):
             raise ValueError(f"ElasticLinear got {n_in} input features, holds only {self.in_features}")
         out = self.out_features if self.active_out is None else self.active_out
         bias = None if self.bias is None else self.bias[:out]
-        return F.linear(x, self.weight[:out, :n_in], bias)
+        weight = self.weight[:out, :n_in] if self.in_index is None else self.weight[:out, self.in_index]
+        return F.linear(x, weight, bias)
 
-    def to_plain(self, in_size: int, out_size: int) -> nn.Linear:
+    def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Linear:
         plain = nn.Linear(in_size, out_size, bias=self.bias is not None)
         with torch.no_grad():
-            plain.weight.copy_(self.weight[:out_size, :in_size])
+            columns = slice(0, in_size) if in_index is None else in_index
+            plain.weight.copy_(self.weight[:out_size, columns])
             if self.bias is not None:
                 plain.bias.copy_(self.bias[:out_size])
         return plain.to(self.weight.device, self.weight.dtype)

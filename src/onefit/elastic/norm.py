@@ -12,6 +12,7 @@ from onefit.elastic.registry import register
 
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
 class ElasticBatchNorm(nn.modules.batchnorm._BatchNorm):
+    in_index = None  # channels to use when the input is a concatenation; None: a prefix
     @classmethod
     def from_plain(cls, plain: nn.modules.batchnorm._BatchNorm) -> "ElasticBatchNorm":
         layer = cls.__new__(cls)
@@ -38,30 +39,31 @@ class ElasticBatchNorm(nn.modules.batchnorm._BatchNorm):
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or self.running_mean is None
         keep_running = not self.training or self.track_running_stats
+        index = slice(0, c) if self.in_index is None else self.in_index
 
-        def prefix(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[:c]
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index]
 
-        return F.batch_norm(
-            x,
-            prefix(self.running_mean) if keep_running else None,
-            prefix(self.running_var) if keep_running else None,
-            prefix(self.weight),
-            prefix(self.bias),
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        # A prefix slice is a view, so batch_norm updates the running statistics in place; an index
+        # gathers a copy, whose updates are written back below.
+        mean, var = (pick(self.running_mean), pick(self.running_var)) if keep_running else (None, None)
+        out = F.batch_norm(x, mean, var, pick(self.weight), pick(self.bias), use_batch_stats, factor, self.eps)
+        if self.in_index is not None and self.training and mean is not None:
+            with torch.no_grad():
+                self.running_mean[index] = mean
+                self.running_var[index] = var
+        return out
 
-    def to_plain(self, in_size: int, out_size: int) -> nn.Module:
+    def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Module:
         plain = self.plain_type(
             out_size, eps=self.eps, momentum=self.momentum, affine=self.affine,
             track_running_stats=self.track_running_stats,
         )
         with torch.no_grad():
+            index = slice(0, out_size) if in_index is None else in_index
             for name in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(self, name) is not None:
-                    getattr(plain, name).copy_(getattr(self, name)[:out_size])
+                    getattr(plain, name).copy_(getattr(self, name)[index])
             if self.num_batches_tracked is not None:
                 plain.num_batches_tracked.copy_(self.num_batches_tracked)
         device = self.weight.device if self.weight is not None else None

@@ -34,6 +34,8 @@ class _Chan:
     axis: int
     unit: int = 1  # features per channel along the axis (a flattened C x H x W map has H*W)
     head: int = 1  # channels per index along the axis (d after a split into heads of d channels)
+    # A concatenation: ((group or None for a fixed part, full size), ...); then `group` is unused
+    segments: tuple = ()
 
 
 _PASS_MODULES = (
@@ -51,6 +53,11 @@ _PASS_FUNCS = {
 _BINARY_FUNCS = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "itruediv", "add_", "mul_"}
 _REDUCE_FUNCS = {"mean", "sum", "amax", "amin"}
 _SHAPE_FUNCS = {"size", "dim", "getattr"}  # give non-tensors; reading a shape constrains nothing
+
+
+def _group(chan: _Chan | None) -> int | None:
+    """The single group a layer reads or writes; None when fixed or when it is a concatenation."""
+    return None if chan is None or chan.segments else chan.group
 
 
 def _op_name(node: fx.Node) -> str:
@@ -100,10 +107,16 @@ class _Walker:
         self.multiple[root] = math.lcm(self.multiple.get(root, 1), head_dim)
 
     def freeze(self, chan: _Chan | None, reason: str) -> None:
-        if chan is not None:
-            self.frozen.setdefault(self.root(chan.group), reason)
+        if chan is None:
+            return
+        for group in [g for g, _ in chan.segments if g is not None] if chan.segments else [chan.group]:
+            self.frozen.setdefault(self.root(group), reason)
 
     def union(self, a: _Chan, b: _Chan, where: str) -> None:
+        if a.segments or b.segments:  # two concatenations, or one and a plain tensor: keep all whole
+            self.freeze(a, f"{where}: joins a concatenation")
+            self.freeze(b, f"{where}: joins a concatenation")
+            return
         ra, rb = self.root(a.group), self.root(b.group)
         if ra == rb:
             return
@@ -149,7 +162,8 @@ class _Walker:
             self.freeze(self.chan[arg], f"used by {what} ({node.name})")
         return None
 
-    def input_chan(self, node: fx.Node, axis: int, name: str, unit_ok: bool = False) -> _Chan | None:
+    def input_chan(self, node: fx.Node, axis: int, name: str, unit_ok: bool = False,
+                   segments_ok: bool = False) -> _Chan | None:
         """The tracked channel of ``node``'s first input if it lies on ``axis``, else freeze it."""
         x = node.args[0] if node.args else None
         chan = self.chan.get(x) if isinstance(x, fx.Node) else None
@@ -159,25 +173,28 @@ class _Walker:
         if chan.axis != axis % ndim or (chan.unit != 1 and not unit_ok) or chan.head != 1:
             self.freeze(chan, f"{name} reads another axis than the channels")
             return None
+        if chan.segments and (not segments_ok or chan.unit != 1):
+            self.freeze(chan, f"{name} cannot read a concatenation")
+            return None
         return chan
 
     def visit_module(self, node: fx.Node, mod: nn.Module) -> _Chan | None:
         name = node.target
         out_shape = _shape(node)
         if isinstance(mod, nn.Linear):
-            x = self.input_chan(node, -1, name, unit_ok=True)
+            x = self.input_chan(node, -1, name, unit_ok=True, segments_ok=True)
             group = self.new_group(mod.out_features)
             in_positions = math.prod(_shape(node.args[0])[1:-1])
             self.layers[name] = LayerPlan(
-                name, "linear", x and x.group, group, x.unit if x else 1, math.prod(out_shape[1:-1]),
-                in_positions=in_positions,
+                name, "linear", _group(x), group, x.unit if x else 1, math.prod(out_shape[1:-1]),
+                in_positions=in_positions, in_segments=x.segments if x else (),
             )
             return _Chan(group, len(out_shape) - 1)
         if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
             return self.visit_conv(node, mod, out_shape)
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            x = self.input_chan(node, 1, name)
-            self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
+            x = self.input_chan(node, 1, name, segments_ok=True)
+            self.layers[name] = LayerPlan(name, "norm", _group(x), _group(x), in_segments=x.segments if x else ())
             return x
         if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
             x = self.input_chan(node, -1, name)
@@ -203,14 +220,15 @@ class _Walker:
             self.layers[name] = LayerPlan(name, "conv_pass", x and x.group, x and x.group, 1, positions,
                                           in_positions=in_positions)
             return x
-        x = self.input_chan(node, 1, name)
+        x = self.input_chan(node, 1, name, segments_ok=mod.groups == 1)
         if mod.groups > 1:
             self.freeze(x, f"{name}: grouped convolution with unequal in/out widths")
             x = None
         group = self.new_group(mod.out_channels)
         if mod.groups > 1:
             self.frozen[group] = f"{name}: grouped convolution with unequal in/out widths"
-        self.layers[name] = LayerPlan(name, "conv", x and x.group, group, 1, positions, in_positions=in_positions)
+        self.layers[name] = LayerPlan(name, "conv", _group(x), group, 1, positions, in_positions=in_positions,
+                                      in_segments=x.segments if x else ())
         return _Chan(group, 1)
 
     def visit_function(self, node: fx.Node, op: str) -> _Chan | None:
@@ -229,6 +247,8 @@ class _Walker:
             return self.flatten(node, start, end)
         if op in ("view", "reshape"):
             return self.reshape(node, op)
+        if op in ("cat", "concat", "concatenate"):
+            return self.cat(node)
         if op in ("permute", "transpose"):
             return self.permute(node, op)
         if op in ("matmul", "bmm") or node.target is operator.matmul:
@@ -273,15 +293,15 @@ class _Walker:
         dims = {d % ndim for d in ((dims,) if isinstance(dims, int) else dims)}
         if chan.axis in dims or chan.unit != 1 or chan.head != 1:
             return self.unknown(node, f"{op} over the channels")
-        return _Chan(chan.group, chan.axis if keepdim else chan.axis - sum(d < chan.axis for d in dims))
+        return replace(chan, axis=chan.axis if keepdim else chan.axis - sum(d < chan.axis for d in dims))
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Chan | None:
         x = node.args[0]
         chan, shape = self.chan.get(x), _shape(x)
         if chan is None:
             return None
-        if chan.head != 1:
-            return self.unknown(node, "flatten of heads")
+        if chan.head != 1 or chan.segments:
+            return self.unknown(node, "flatten of heads or of a concatenation")
         start, end = start % len(shape), end % len(shape)
         if start > chan.axis or end < chan.axis:
             return _Chan(chan.group, chan.axis - (end - start) * (start < chan.axis), chan.unit)
@@ -297,6 +317,8 @@ class _Walker:
         literal = [s for s in sizes[1:] if not isinstance(s, fx.Node)]
         if chan is None:
             return None
+        if chan.segments:
+            return self.unknown(node, f"{op} of a concatenation")
         # x.view(x.size(0), -1) after the channel axis 1 is a flatten; fixed sizes are not.
         if chan.axis == 1 and chan.head == 1 and len(out_shape) == 2 and out_shape[0] == in_shape[0] and literal == [-1]:
             return self.flatten(node, 1, -1)
@@ -305,6 +327,24 @@ class _Walker:
         if merged is not None:
             return merged
         return self.unknown(node, f"{op} to a fixed shape {tuple(out_shape)}")
+
+    def cat(self, node: fx.Node) -> _Chan | None:
+        """torch.cat along the channels: the result is the inputs' groups side by side."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        out_ndim = len(_shape(node))
+        segments = []
+        for t in tensors:
+            chan, size = self.chan.get(t), _shape(t)[dim % out_ndim]
+            if chan is None:
+                segments.append((None, size))  # a fixed-width part, e.g. the model's input
+            elif chan.axis != dim % out_ndim or chan.unit != 1 or chan.head != 1:
+                return self.unknown(node, "cat along another axis than the channels")
+            else:
+                segments += chan.segments or [(chan.group, size)]
+        if all(g is None for g, _ in segments):
+            return None
+        return _Chan(-1, dim % out_ndim, segments=tuple(segments))
 
     def permute(self, node: fx.Node, op: str) -> _Chan | None:
         x = node.args[0]
@@ -323,6 +363,7 @@ class _Walker:
     def plan(self, stages: list[StagePlan]) -> Plan:
         groups: dict[int, Group] = {}
         for layer in self.layers.values():
+            layer.in_segments = tuple((None if g is None else self.root(g), n) for g, n in layer.in_segments)
             layer.in_group = None if layer.in_group is None else self.root(layer.in_group)
             layer.out_group = None if layer.out_group is None else self.root(layer.out_group)
             g = layer.out_group

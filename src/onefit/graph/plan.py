@@ -50,6 +50,8 @@ class LayerPlan:
     reason: str | None = None
     in_positions: int = 1  # input positions per sample (input elements = in_positions * input features)
     segments: int = 1  # a fused projection (GPT-2's q|k|v) has out_group's width once per segment
+    # Input made of concatenated groups, ((group or None if fixed, full size), ...), instead of in_group
+    in_segments: tuple = ()
 
 
 @dataclass
