@@ -52,6 +52,7 @@ CASES = {
     "convnext": (lambda: zoo.convnext(), _image(1, 1, 8, 8)),
     "temporal_cnn": (lambda: zoo.temporal_cnn(), _image(1, 4, 32)),
     "vit (hand-written attention)": (lambda: zoo.vit(), _image(1, 1, 8, 8)),
+    "sequence_encoder (nn.MultiheadAttention)": (lambda: zoo.sequence_encoder(), _image(1, 16, 8)),
     "transformers BERT": (lambda: _hf("bert"), _tokens),
     "transformers ViT": (lambda: _hf("vit"), _image(1, 3, 32, 32)),
     "transformers GPT-2": (lambda: _hf("gpt2"), _tokens),

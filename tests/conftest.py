@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from onefit.zoo import convnext, mlp, mobilenet_v2, mobilenet_v3, plain_cnn, resnet, temporal_cnn, vit
+from onefit.zoo import (
+    convnext, mlp, mobilenet_v2, mobilenet_v3, plain_cnn, resnet, sequence_encoder, temporal_cnn, vit,
+)
 
 
 class DepthwiseNet(nn.Module):
@@ -69,6 +71,7 @@ MODELS = {
     "convnext": (convnext, (4, 1, 8, 8)),
     "temporal_cnn": (temporal_cnn, (4, 4, 24)),
     "vit": (vit, (4, 1, 8, 8)),
+    "sequence_encoder": (sequence_encoder, (3, 6, 8)),
     "depthwise": (DepthwiseNet, (4, 3, 8, 8)),
     "flatten": (FlattenNet, (4, 1, 8, 8)),
     "temporal": (TemporalNet, (4, 4, 20)),
@@ -106,6 +109,28 @@ class DenseNet(nn.Module):
 
 
 MODELS["densenet"] = (DenseNet, (4, 1, 8, 8))
+
+
+class MHAEncoder(nn.Module):
+    """A transformer encoder built on torch's nn.MultiheadAttention."""
+
+    def __init__(self, batch_first: bool = True):
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        self.norm = nn.LayerNorm(16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):  # x: (B, T, 6), or (T, B, 6) when not batch_first
+        h = self.embed(x)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        h = h + self.mlp(self.norm(h))
+        return self.head(h.mean(1 if self.batch_first else 0))
+
+
+MODELS["mha"] = (MHAEncoder, (3, 5, 6))
 
 
 @pytest.fixture(params=sorted(MODELS))

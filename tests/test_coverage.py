@@ -18,11 +18,13 @@ PINNED = {
     "depthwise": (1.0, 0.7935, 16),
     "flatten": (1.0, 0.9298, 64),
     "mlp": (1.0, 0.8299, 64),
+    "mha": (0.8017, 0.6777, 16),
     "mobilenet_v2": (1.0, 0.961, 301989888),
     "mobilenet_v3": (1.0, 0.9651, 824633720832),
     "plain_cnn": (1.0, 0.9792, 144),
     "resnet": (1.0, 0.9744, 98304),
     "resnet_bottleneck": (1.0, 0.9301, 16777216),
+    "sequence_encoder": (0.9826, 0.8952, 12288),
     "temporal": (1.0, 0.9454, 48),
     "temporal_cnn": (1.0, 0.9685, 16),
     "vit": (0.9601, 0.8747, 12288),  # the embedding width is fixed by the position table it adds

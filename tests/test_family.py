@@ -207,3 +207,41 @@ def test_a_concatenation_shrinks_part_by_part_and_keeps_its_statistics():
     with torch.no_grad(), family.activate(arch):
         assert torch.allclose(family.extract(arch)(x), family(x), atol=1e-6)
     assert family.extract(arch).fc.in_features == 13
+
+
+def test_multihead_attention_shrinks_by_heads_sequence_first_too_and_refuses_masks():
+    from conftest import MHAEncoder
+
+    torch.manual_seed(0)
+    model = MHAEncoder(batch_first=False).eval()
+    x = torch.randn(5, 3, 6)  # (T, B, features)
+    family = onefit.elasticize(model, (x,)).eval()
+    arch = {"heads:attn": 2}
+    with torch.no_grad(), family.activate(arch):
+        elastic = family(x)
+    sub = family.extract(arch)
+    with torch.no_grad():
+        assert torch.allclose(sub(x), elastic, atol=1e-6)
+        assert torch.allclose(family(x), model(x), atol=1e-5)
+    assert sub.attn.q_proj.out_features == 8  # 2 heads of 4
+    h = torch.randn(5, 3, 16)
+    with pytest.raises(TypeError, match="attn_mask"):
+        sub.attn(h, h, h, attn_mask=torch.zeros(5, 5))
+
+
+class MaskedAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 2)
+        self.register_buffer("causal", torch.triu(torch.ones(4, 4, dtype=torch.bool), 1))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(self.attn(x, x, x, attn_mask=self.causal)[0])))
+
+
+def test_masked_attention_is_kept_whole_with_its_reason():
+    family = onefit.elasticize(MaskedAttention(), (torch.randn(2, 4, 8),))
+    assert "heads:attn" not in family.space.names and "width:fc" in family.space.names
+    assert "called with a mask" in family.plan.layers["attn"].reason

@@ -67,7 +67,7 @@ class Family(nn.Module):
         """(module, attribute, value) settings that make the family compute ``arch``."""
         widths, depths = self.widths(arch), self.depths(arch)
         settings = [(self.module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
-                    for layer in self.plan.layers.values() if layer.kind in ("linear", "conv")]
+                    for layer in self.plan.layers.values() if layer.kind in ("linear", "conv", "mha")]
         settings += [(self.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in self.plan.stages]
         settings += [(self.module.get_submodule(m), attr, widths[g]) for m, attr, g in self.plan.bindings]
         settings += [(self.module.get_submodule(layer.name), "in_index", self.input_index(layer, widths))
@@ -162,6 +162,8 @@ def _full_sizes(module: nn.Module) -> tuple[int, int]:
         return module.normalized_shape[-1], module.normalized_shape[-1]
     if hasattr(module, "nx"):  # transformers' Conv1D
         return module.nx, module.nf
+    if hasattr(module, "embed_dim"):  # attention: the embedding width in, the heads' width out
+        return module.embed_dim, module.embed_dim
     return 0, 0
 
 
@@ -195,6 +197,8 @@ def elasticize(
             elastic = to_elastic(plain)
             if layer.segments > 1:
                 elastic.segments = layer.segments
+            if layer.options:
+                elastic.call_options = layer.options
             _replace(module, layer.name, elastic)
     for stage in plan.stages:
         plain = module.get_submodule(stage.name)

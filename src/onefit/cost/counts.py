@@ -24,9 +24,23 @@ def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: 
         per_group_in = module.in_channels // module.groups if kind == "conv_pass" else n_in // module.groups
         weights = n_out * per_group_in * kernel
         return weights + bias * n_out, weights * positions
+    if kind == "mha":  # n_out: the heads' width; positions: query tokens; the key tokens come with it
+        embed, (t, s) = module.embed_dim, positions
+        bias = module.in_proj_bias is not None
+        params = 4 * embed * n_out + bias * 3 * n_out + (module.out_proj.bias is not None) * embed
+        return params, embed * n_out * (t + 2 * s) + 2 * t * s * n_out + n_out * embed * t
     if kind == "norm":
         return (getattr(module, "weight", None) is not None) * n_out + bias * n_out, 0
     return sum(p.numel() for p in module.parameters()), 0
+
+
+def _bound(owner: str, layers) -> bool:
+    """Whether the module ``owner`` is, or sits inside, a layer the plan counts."""
+    while owner:
+        if owner in layers:
+            return True
+        owner = owner.rpartition(".")[0]
+    return "" in layers
 
 
 def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
@@ -38,7 +52,8 @@ def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
         if f"{name}.".startswith(skipped):
             continue
         n_in, n_out = sizes[name]
-        p, m = _layer_cost(family.module.get_submodule(name), layer.kind, n_in, n_out, layer.positions)
+        positions = (layer.positions, layer.in_positions) if layer.kind == "mha" else layer.positions
+        p, m = _layer_cost(family.module.get_submodule(name), layer.kind, n_in, n_out, positions)
         rows.append({"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
                      "elements": layer.in_positions * n_in + layer.positions * n_out})
     return rows
@@ -54,7 +69,7 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     arch = family.space.complete(arch)
     skipped = family.skipped(arch)
     rows = layer_costs(family, arch)
-    computing = [r for r in rows if r["kind"] in ("linear", "conv", "conv_pass")]
+    computing = [r for r in rows if r["kind"] in ("linear", "conv", "conv_pass", "mha")]
     params, macs = sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
     widths = family.widths(arch)
     for op in family.plan.ops:  # attention products: they scale with the number of heads
@@ -63,7 +78,7 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
             macs += op.macs * widths[op.group] // group.size
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
-        if owner not in family.plan.layers and not f"{owner}.".startswith(skipped):
+        if not _bound(owner, family.plan.layers) and not f"{owner}.".startswith(skipped):
             params += param.numel()
     return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": len(computing),
             "activation_bytes": 4 * max((r["elements"] for r in computing), default=0)}

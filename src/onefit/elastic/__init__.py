@@ -5,6 +5,7 @@ layer reads its active input width from the tensor it receives, so a width set o
 flows through norms, depthwise convolutions and consumers without further bookkeeping.
 """
 
+from onefit.elastic.attention import ElasticMultiheadAttention
 from onefit.elastic.conv import ElasticConv
 from onefit.elastic.depth import ElasticModuleList, ElasticSequential
 from onefit.elastic.hf_conv1d import ElasticHFConv1D
@@ -19,6 +20,7 @@ __all__ = [
     "ElasticLayerNorm",
     "ElasticLinear",
     "ElasticModuleList",
+    "ElasticMultiheadAttention",
     "ElasticSequential",
     "elastic_type_for",
     "to_elastic",

@@ -200,6 +200,8 @@ class _Walker:
             x = self.input_chan(node, -1, name)
             self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
             return x
+        if isinstance(mod, nn.MultiheadAttention):
+            return self.attention_module(node, mod)
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, mod.start_dim, mod.end_dim)
         if isinstance(mod, _PASS_MODULES):
@@ -208,6 +210,32 @@ class _Walker:
         if any(True for _ in mod.parameters()):
             self.layers[name] = LayerPlan(name, "other", None, None, reason=f"no elastic version of {type(mod).__name__}")
         return self.unknown(node, f"layer {type(mod).__name__}")
+
+    def attention_module(self, node: fx.Node, mod: nn.MultiheadAttention) -> None:
+        """nn.MultiheadAttention: its heads form a group of their own; its embedding width stays."""
+        name = node.target
+        params = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+                  "is_causal")
+        call = {**dict(zip(params, node.args)), **node.kwargs}
+        masked = any(call.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or call.get("is_causal")
+        for k in ("query", "key", "value"):
+            if isinstance(call.get(k), fx.Node):
+                self.freeze(self.chan.get(call[k]), f"{name}: an attention keeps its embedding width")
+        supported = mod._qkv_same_embed_dim and mod.bias_k is None and not mod.add_zero_attn
+        if masked or not supported or not all(isinstance(call.get(k), fx.Node) for k in ("query", "key", "value")):
+            why = "called with a mask" if masked else "an attention of a kind onefit does not shrink"
+            self.layers[name] = LayerPlan(name, "other", None, None, reason=f"{name}: {why}")
+            return None
+        heads = self.new_group(mod.embed_dim)
+        self.mark_heads(heads, mod.head_dim)
+        q, k = _shape(call["query"]), _shape(call["key"])
+        tokens = (lambda shape: shape[1] if mod.batch_first else shape[0])
+        self.layers[name] = LayerPlan(
+            name, "mha", None, heads, positions=tokens(q), in_positions=tokens(k),
+            options={"need_weights": call.get("need_weights", True),
+                     "average_attn_weights": call.get("average_attn_weights", True)},
+        )
+        return None  # the output is a tuple; what reads it sees a fixed width
 
     def visit_conv(self, node: fx.Node, mod: nn.Module, out_shape: tuple) -> _Chan | None:
         name, positions = node.target, math.prod(out_shape[2:])
@@ -370,7 +398,7 @@ class _Walker:
             if g is not None and g not in groups:
                 kind = "heads" if g in self.heads else "width"
                 groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g), kind=kind)
-            if g is not None and layer.kind in ("linear", "conv"):
+            if g is not None and layer.kind in ("linear", "conv", "mha"):
                 groups[g].producers.append(layer.name)
         ops = [replace(op, group=self.root(op.group)) for op in self.ops]
         return Plan(groups, self.layers, stages, self.notes, ops)

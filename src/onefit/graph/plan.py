@@ -36,7 +36,8 @@ class Group:
 class LayerPlan:
     """How one layer with weights is bound to groups.
 
-    kind: ``linear`` / ``conv`` produce ``out_group`` from ``in_group``; ``conv_pass`` (grouped,
+    kind: ``linear`` / ``conv`` produce ``out_group`` from ``in_group``; ``mha`` is an attention whose
+    heads are ``out_group`` (its embedding width stays whole); ``conv_pass`` (grouped,
     depthwise) and ``norm`` pass their input group through; ``other`` is a layer onefit cannot
     slice and keeps whole (``reason`` says why).
     """
@@ -52,6 +53,7 @@ class LayerPlan:
     segments: int = 1  # a fused projection (GPT-2's q|k|v) has out_group's width once per segment
     # Input made of concatenated groups, ((group or None if fixed, full size), ...), instead of in_group
     in_segments: tuple = ()
+    options: dict = field(default_factory=dict)  # how the model calls it (e.g. an attention's need_weights)
 
 
 @dataclass

@@ -6,13 +6,15 @@ Every factory is a plain function of keyword arguments, so a family can record i
 
 from onefit.zoo.cnn import plain_cnn, resnet
 from onefit.zoo.convnext import convnext
+from onefit.zoo.encoder import sequence_encoder
 from onefit.zoo.mlp import mlp
 from onefit.zoo.mobile import mobilenet_v2, mobilenet_v3
 from onefit.zoo.temporal import temporal_cnn
 from onefit.zoo.vit import vit
 
 MODELS = {"convnext": convnext, "mlp": mlp, "mobilenet_v2": mobilenet_v2, "mobilenet_v3": mobilenet_v3,
-          "plain_cnn": plain_cnn, "resnet": resnet, "temporal_cnn": temporal_cnn, "vit": vit}
+          "plain_cnn": plain_cnn, "resnet": resnet, "sequence_encoder": sequence_encoder, "temporal_cnn": temporal_cnn,
+          "vit": vit}
 
 
 def build(name: str, **kwargs):
@@ -23,4 +25,4 @@ def build(name: str, **kwargs):
 
 
 __all__ = ["MODELS", "build", "convnext", "mlp", "mobilenet_v2", "mobilenet_v3", "plain_cnn", "resnet",
-           "temporal_cnn", "vit"]
+           "sequence_encoder", "temporal_cnn", "vit"]

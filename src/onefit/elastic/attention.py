@@ -1,0 +1,124 @@
+"""Elastic ``nn.MultiheadAttention``: the first ``active_out / head_dim`` heads.
+
+The embedding width stays whole; queries, keys and values keep their first heads and the output
+projection reads only those. A smaller head count cannot be a plain ``nn.MultiheadAttention``
+(its inner width must equal its embedding width), so extraction builds the same computation from
+plain ``nn.Linear`` layers and traces it into a ``torch.fx.GraphModule``: plain torch, no onefit.
+Masks are not supported in sub-models (the coupling analysis keeps a masked attention whole), and
+the extracted module refuses one (the mask parameters are not in its signature).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from onefit.elastic.registry import register
+
+
+def _attend(q, k, v, heads: int, head_dim: int, dropout: float, training: bool):
+    """Scaled dot-product attention over ``heads`` heads; returns the merged output and weights."""
+    b, t, s = q.size(0), q.size(1), k.size(1)
+    q = q.reshape(b, t, heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
+    k = k.reshape(b, s, heads, head_dim).transpose(1, 2)
+    v = v.reshape(b, s, heads, head_dim).transpose(1, 2)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(head_dim), dim=-1)  # (B, heads, T, S)
+    weights = F.dropout(weights, dropout, training)
+    return (weights @ v).transpose(1, 2).reshape(b, t, heads * head_dim), weights
+
+
+class _SmallerAttention(nn.Module):
+    """What a sub-model's attention computes, in plain layers; traced, then thrown away."""
+
+    def __init__(self, q, k, v, out, heads, head_dim, batch_first, dropout, need_weights, average):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = q, k, v, out
+        self.heads, self.head_dim, self.batch_first, self.dropout = heads, head_dim, batch_first, dropout
+        self.need_weights, self.average = need_weights, average
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        out, weights = _attend(self.q_proj(query), self.k_proj(key), self.v_proj(value), self.heads,
+                               self.head_dim, self.dropout, self.training)
+        out = self.out_proj(out)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not self.need_weights:
+            return out, None
+        return out, weights.mean(1) if self.average else weights
+
+
+@register(nn.MultiheadAttention)
+class ElasticMultiheadAttention(nn.Module):
+    active_out: int | None = None  # active heads x head_dim; None: every head
+
+    @classmethod
+    def from_plain(cls, plain: nn.MultiheadAttention) -> "ElasticMultiheadAttention":
+        if not plain._qkv_same_embed_dim or plain.bias_k is not None or plain.add_zero_attn:
+            raise TypeError("elastic attention needs equal q/k/v widths, no bias_k/bias_v and no zero attention")
+        layer = cls()
+        layer.in_proj_weight, layer.in_proj_bias, layer.out_proj = plain.in_proj_weight, plain.in_proj_bias, plain.out_proj
+        layer.embed_dim, layer.num_heads, layer.head_dim = plain.embed_dim, plain.num_heads, plain.head_dim
+        layer.batch_first, layer.dropout = plain.batch_first, plain.dropout
+        layer.call_options = {"need_weights": True, "average_attn_weights": True}  # set from the traced call
+        return layer
+
+    def _projection(self, part: int, width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        start = part * self.embed_dim
+        bias = None if self.in_proj_bias is None else self.in_proj_bias[start : start + width]
+        return self.in_proj_weight[start : start + width], bias
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise ValueError("masks are not supported by elastic attention; onefit keeps masked attention whole")
+        width = self.embed_dim if self.active_out is None else self.active_out
+        if not self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        q, k, v = (F.linear(x, *self._projection(i, width)) for i, x in enumerate((query, key, value)))
+        out, weights = _attend(q, k, v, width // self.head_dim, self.head_dim, self.dropout, self.training)
+        out = F.linear(out, self.out_proj.weight[:, :width], self.out_proj.bias)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not need_weights:
+            return out, None
+        return out, weights.mean(1) if average_attn_weights else weights
+
+    def _linear(self, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.Module:
+        q, k, v = (self._linear(*self._projection(i, out_size)) for i in range(3))
+        out = self._linear(self.out_proj.weight[:, :out_size], self.out_proj.bias)
+        smaller = _SmallerAttention(q, k, v, out, out_size // self.head_dim, self.head_dim, self.batch_first,
+                                    self.dropout, self.call_options["need_weights"],
+                                    self.call_options["average_attn_weights"])
+        # The masks become constants and leave the signature: passing one to the extracted module is
+        # an error, never a silently unmasked attention. need_weights is fixed to the traced call's.
+        return fx.symbolic_trace(smaller, concrete_args={"key_padding_mask": None, "attn_mask": None,
+                                                         "is_causal": False})
+
+    def channel_scores(self) -> torch.Tensor:
+        w = self.in_proj_weight.detach().abs().sum(1).view(3, -1)  # (q|k|v, embed)
+        return w.sum(0)
+
+    def permute_out(self, order: torch.Tensor) -> None:
+        rows = torch.cat([part * self.embed_dim + order for part in range(3)])
+        self.in_proj_weight.copy_(self.in_proj_weight[rows])
+        if self.in_proj_bias is not None:
+            self.in_proj_bias.copy_(self.in_proj_bias[rows])
+        self.out_proj.weight.copy_(self.out_proj.weight[:, order])
+
+    def permute_in(self, rows: torch.Tensor) -> None:
+        raise AssertionError("the embedding width of an attention is kept whole")
