@@ -52,3 +52,13 @@ def test_cli_lists_its_commands_and_rejects_bad_options():
     assert "demo" in runner.invoke(app, ["--help"]).output
     bad = runner.invoke(app, ["demo", "--family-epochs", "0"])
     assert bad.exit_code != 0 and "family-epochs" in bad.output
+
+
+def test_demo_table_prints_every_row(demo_run, capsys):
+    from onefit.demo import print_table
+
+    _, result = demo_run
+    print_table(result)
+    out = capsys.readouterr().out
+    assert f"{len(result['rows'])} shown" in out
+    assert all(row["summary"] in out for row in result["rows"])

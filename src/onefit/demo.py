@@ -42,7 +42,7 @@ def summarize(family, arch: dict) -> str:
     depths = [str(v) for k, v in arch.items() if k.startswith("depth:")]
     fractions = [v / family.space[k].choices[-1] for k, v in arch.items() if k.startswith("width:")]
     width = 100 * sum(fractions) / max(len(fractions), 1)
-    return f"d {'+'.join(depths) or '-'} · w {width:.0f}%"
+    return f"d{'+'.join(depths) or '-'} w{width:.0f}%"
 
 
 def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True) -> dict:
@@ -94,12 +94,12 @@ def print_table(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"digits ResNet family: {result['space_size']:,} sub-models, {len(result['rows'])} shown")
-    for col in ("#", "sub-model", "params", "MACs", "test acc %", "ORT latency b=1 (ms)", "of peak"):
+    for col in ("#", "sub-model", "params", "MACs", "acc %", "ORT ms b=1", "p90 ms", "of peak"):
         table.add_column(col, justify="left" if col == "sub-model" else "right")
     for i, row in enumerate(result["rows"]):
         lat = row["latency_b1"]
         table.add_row(str(i), row["summary"], f"{row['params']:,}", f"{row['macs']:,}", f"{row['accuracy']:.1f}",
-                      f"{lat['median_ms']:.3f} (p90 {lat['p90_ms']:.3f})", f"{lat['efficiency']:.1%}")
+                      f"{lat['median_ms']:.3f}", f"{lat['p90_ms']:.3f}", f"{lat['efficiency']:.1%}")
     console = Console()
     console.print(table)
     console.print(f"full model trained alone: {result['full_model_accuracy']:.1f}% test accuracy")
