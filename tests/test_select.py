@@ -28,3 +28,12 @@ def test_impossible_or_unknown_budgets_are_clear_errors(family):
         onefit.largest_within(family, latency=3)
     with pytest.raises(onefit.BudgetError):
         onefit.largest_within(family)
+
+
+def test_distinct_chain_strictly_grows(family):
+    from onefit.select import distinct_chain
+
+    params = [onefit.count_params(family, a) for a in distinct_chain(family)]
+    assert params == sorted(set(params)) and len(params) < len(family.space.nested_chain())
+    assert params[0] == onefit.count_params(family, family.space.min())
+    assert params[-1] == onefit.count_params(family, family.space.max())

@@ -15,7 +15,7 @@ from onefit.cost import costs, measure_latency
 from onefit.data import digits
 from onefit.family import elasticize
 from onefit.importance import sort_
-from onefit.select import largest_within
+from onefit.select import distinct_chain, largest_within
 from onefit.train import SortedNetConfig, SortedNetRecipe, evaluate, recalibrate_bn, train, train_plain
 from onefit.zoo import build
 
@@ -63,7 +63,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
           checkpoint=out / "family", progress=progress)
 
     rows = []
-    for arch in spread(family.space.nested_chain(), config.rows):
+    for arch in spread(distinct_chain(family), config.rows):
         sub = recalibrate_bn(family.extract(arch), train_data)
         cost = costs(family, arch)
         rows.append({

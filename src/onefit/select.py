@@ -16,6 +16,18 @@ class BudgetError(ValueError):
     """No sub-model fits the budget, or the budget names an unknown metric."""
 
 
+def distinct_chain(family) -> list[Arch]:
+    """The nested chain without the archs that cost no more than the one before (growing a block
+    the arch skips changes nothing), smallest first."""
+    chain, last = [], -1
+    for arch in family.space.nested_chain():
+        params = costs(family, arch)["params"]
+        if params > last:
+            chain.append(arch)
+            last = params
+    return chain
+
+
 def largest_within(family, **budget: float) -> Arch:
     """The largest arch of ``family``'s nested chain with every named cost within budget.
 
