@@ -14,18 +14,13 @@ import math
 import operator
 from dataclasses import dataclass, replace
 
-import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from onefit.graph import attention
 from onefit.graph.plan import Group, LayerPlan, OpCost, Plan, StagePlan
 from onefit.graph.stages import find_stages
-
-
-class TraceError(ValueError):
-    """The model could not be traced or run on its example inputs."""
+from onefit.graph.trace import TraceError, trace  # noqa: F401  (TraceError is part of this module's API)
 
 
 @dataclass(frozen=True)
@@ -402,34 +397,6 @@ class _Walker:
                 groups[g].producers.append(layer.name)
         ops = [replace(op, group=self.root(op.group)) for op in self.ops]
         return Plan(groups, self.layers, stages, self.notes, ops)
-
-
-def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    """Symbolically trace ``model`` and record every tensor's shape on ``example_inputs``."""
-    try:
-        traced = fx.symbolic_trace(model)
-    except Exception as err:  # fx raises many types; all mean "cannot trace"
-        raise TraceError(
-            f"cannot trace {type(model).__name__} with torch.fx: {err}. Data-dependent control flow "
-            "in forward() is the usual cause; move it out of forward or into a leaf module."
-        ) from err
-    # Eval mode: shape propagation must not update batch-norm statistics, and must accept batch 1.
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                model(*example_inputs)  # a plain forward first gives the clearest error for bad inputs
-            except Exception as err:
-                shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in example_inputs]
-                raise TraceError(
-                    f"{type(model).__name__} fails on example inputs of shape {shapes}: {type(err).__name__}: {err}"
-                ) from err
-            ShapeProp(traced).propagate(*example_inputs)
-    finally:
-        for m, training in modes.items():
-            m.train(training)
-    return traced
 
 
 def trace_plan(model: nn.Module, example_inputs: tuple) -> Plan:
