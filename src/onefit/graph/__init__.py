@@ -4,7 +4,8 @@
 them) and traces everything else with torch.fx; both produce the same ``Plan``.
 """
 
-from onefit.graph.coupling import TraceError, trace_plan
+from onefit.graph.coupling import trace_plan
+from onefit.graph.trace import TraceError
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
 from onefit.graph.transformers import encoder_plan
 
