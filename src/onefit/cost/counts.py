@@ -1,11 +1,10 @@
 """Parameter and MAC counts of an arch, from the family's plan alone (no forward pass).
 
-MACs count the multiply-accumulates of Linear and convolution layers and of traced attention
-products (q·k and attention·v), the same operations ``torch.utils.flop_counter`` counts (it
-reports 2 FLOPs per MAC). Hugging Face encoders are not traced: their attention products are
-left out. Norms, activations and
-pooling are left out, as there. Layers onefit keeps whole count their full parameters and no
-MACs. Parameters held directly by a non-layer module (a class token, say) count in full.
+MACs count the multiply-accumulates of Linear, convolution and attention layers and of traced
+attention products (q·k and attention·v), the same operations ``torch.utils.flop_counter``
+counts (it reports 2 FLOPs per MAC). Hugging Face encoders are not traced: their attention
+products are left out. Norms, activations and pooling are left out, as there. Layers onefit
+keeps whole count their full parameters and no MACs. Parameters held directly by a non-layer module (a class token, say) count in full.
 """
 
 from __future__ import annotations
@@ -62,8 +61,8 @@ def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     """Costs of the sub-model ``arch``, per sample where it matters:
 
-    params, macs; weight_bytes (fp32 today: 4 bytes a parameter); layers (active Linear and conv
-    layers); activation_bytes, an estimate of peak activation memory: the largest input plus
+    params, macs; weight_bytes (fp32 today: 4 bytes a parameter); layers (active Linear, conv and
+    attention layers); activation_bytes, an estimate of peak activation memory: the largest input plus
     output of any one layer, at 4 bytes an element.
     """
     arch = family.space.complete(arch)

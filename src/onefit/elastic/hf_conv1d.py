@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onefit.elastic.registry import register_name
+from onefit.elastic.registry import register
 
 
-@register_name("transformers.pytorch_utils.Conv1D")
+@register("transformers.pytorch_utils.Conv1D")
 class ElasticHFConv1D(nn.Module):
     active_out: int | None = None  # outputs per segment; None: all
 
