@@ -1,0 +1,111 @@
+"""A search problem: a space, the objectives to minimise, and constraints on any metric.
+
+A metric is a function of an arch; ``cheap`` metrics (counts, a latency model's prediction) need
+no forward pass, so searchers may compute them freely while screening candidates. Constraints are
+upper bounds on metrics by name: ``constraints={"latency_ms": 2.0, "weight_bytes": 1e6}``.
+
+>>> problem = toy_problem(constraints={"size": 30})
+>>> problem.objectives
+('loss', 'size')
+>>> trial = problem.evaluate({"a": 4, "b": 2, "c": 8})
+>>> trial.values, trial.violation
+((0.015625, 8.0), 0.0)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from onefit.search.base import Trial, failed_values
+from onefit.space import Arch, Dimension, Space
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure of an arch. ``cheap``: computed without running the sub-model."""
+
+    fn: Callable[[Arch], float]
+    cheap: bool = False
+
+
+class Problem:
+    """Minimise ``objectives`` (metric names, in order) over ``space`` subject to ``constraints``."""
+
+    def __init__(self, space: Space, metrics: Mapping[str, Metric | Callable[[Arch], float]],
+                 objectives: Sequence[str], constraints: Mapping[str, float] | None = None):
+        self.space = space
+        self.metrics = {k: m if isinstance(m, Metric) else Metric(m) for k, m in metrics.items()}
+        self.objectives = tuple(objectives)
+        self.constraints = dict(constraints or {})
+        unknown = [n for n in (*self.objectives, *self.constraints) if n not in self.metrics]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; this problem has {sorted(self.metrics)}")
+        if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
+            raise ValueError(f"objectives must be distinct metric names, at least one; got {list(objectives)}")
+        self._check_satisfiable()
+
+    def _check_satisfiable(self) -> None:
+        """A cheap constraint that even the smallest arch breaks is one nothing satisfies (counts
+        only grow with the arch): say so now rather than after a whole search."""
+        smallest = self.space.min()
+        for name, bound in self.constraints.items():
+            if self.metrics[name].cheap and (least := self.metrics[name].fn(smallest)) > bound:
+                raise ValueError(f"no sub-model satisfies the constraint {name} <= {bound:g}: the smallest "
+                                 f"arch already has {name} = {least:g}")
+
+    @property
+    def cheap(self) -> tuple[str, ...]:
+        """Objectives computed without running the sub-model."""
+        return tuple(n for n in self.objectives if self.metrics[n].cheap)
+
+    def compute(self, arch: Arch, names: Iterable[str]) -> dict[str, float]:
+        return {n: float(self.metrics[n].fn(arch)) for n in names}
+
+    def violation(self, measured: Mapping[str, float]) -> float:
+        """Sum over the constraints of how far each is exceeded, relative to its bound."""
+        return sum(max(0.0, measured[n] - b) / max(abs(b), 1e-12) for n, b in self.constraints.items())
+
+    def cheap_violation(self, arch: Arch) -> float:
+        """The part of the violation that cheap metrics alone determine."""
+        names = [n for n in self.constraints if self.metrics[n].cheap]
+        measured = self.compute(arch, names)
+        return sum(max(0.0, measured[n] - self.constraints[n]) / max(abs(self.constraints[n]), 1e-12)
+                   for n in names)
+
+    def evaluate(self, arch: Mapping[str, Any]) -> Trial:
+        """Measure ``arch``; an exception or a non-finite objective gives a failed Trial (with the
+        reason), never an exception, so a search goes on."""
+        arch = self.space.validate(arch)
+        start = time.perf_counter()
+        try:
+            measured = self.compute(arch, dict.fromkeys((*self.objectives, *self.constraints)))
+        except Exception as exc:  # recorded with the trial; search() stops if every trial fails
+            return Trial(arch, None, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+        seconds = time.perf_counter() - start
+        values = tuple(measured[n] for n in self.objectives)
+        if (reason := failed_values(values)) is not None:
+            return Trial(arch, None, metrics=measured, seconds=seconds, error=reason)
+        return Trial(arch, values, self.violation(measured), measured, seconds)
+
+    def describe(self) -> dict:
+        """What makes two problems the same study: space, objectives, constraints."""
+        return {"space": self.space.to_json(), "objectives": list(self.objectives),
+                "constraints": self.constraints}
+
+
+def toy_problem(constraints: Mapping[str, float] | None = None) -> Problem:
+    """A tiny two-objective problem for tests and examples: ``loss`` falls as ``a`` and ``b`` grow,
+    ``size`` rises; it has a known Pareto front and costs nothing to evaluate."""
+    space = Space([Dimension("a", "width", (1, 2, 3, 4)), Dimension("b", "depth", (1, 2, 3)),
+                   Dimension("c", "bits", (4, 8, 32))])
+
+    def loss(arch: Arch) -> float:
+        return 1.0 / (arch["a"] * arch["b"]) ** 2 + (0.05 if arch["c"] == 4 else 0.0)
+
+    def size(arch: Arch) -> float:
+        return arch["a"] * arch["b"] * arch["c"] / 8
+
+    metrics = {"loss": Metric(loss), "size": Metric(size, cheap=True)}
+    return Problem(space, metrics, ("loss", "size"), constraints)
