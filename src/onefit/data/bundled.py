@@ -42,3 +42,17 @@ def mnist5k(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):
     x, y = mnist_data()
     x = (x / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
     return _loaders(x, y, test_size=test_size, batch_size=batch_size, seed=seed)
+
+
+def validation_split(loader: DataLoader, fraction: float = 0.2, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Split a training loader into (train, validation) loaders over disjoint samples, the same for
+    the same seed: a search selects on validation data, never on the test set."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_split: fraction must lie in (0, 1), got {fraction}")
+    from torch.utils.data import random_split
+
+    dataset = loader.dataset
+    n_val = max(1, round(fraction * len(dataset)))
+    train, val = random_split(dataset, [len(dataset) - n_val, n_val], generator=torch.Generator().manual_seed(seed))
+    return (DataLoader(train, batch_size=loader.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)),
+            DataLoader(val, batch_size=loader.batch_size, shuffle=False))

@@ -2,7 +2,23 @@
 store, and the Pareto front."""
 
 from onefit.search.base import Searcher, Trial
+from onefit.search.family_problem import family_problem
+from onefit.search.linas import PredictorSearch
+from onefit.search.loop import SearchError, search
+from onefit.search.nsga2 import NSGA2Search
+from onefit.search.pareto import Front
 from onefit.search.problem import Metric, Problem
 from onefit.search.random_search import RandomSearch
+from onefit.search.study import Study, StudyError
+from onefit.search.tree import TreeSearch
 
-__all__ = ["Metric", "Problem", "RandomSearch", "Searcher", "Trial"]
+# Names for the command line and benchmarks; a new searcher is one file plus one line here.
+SEARCHERS: dict[str, type[Searcher]] = {
+    "random": RandomSearch,
+    "nsga2": NSGA2Search,
+    "linas": PredictorSearch,
+    "tree": TreeSearch,
+}
+
+__all__ = ["Front", "Metric", "NSGA2Search", "PredictorSearch", "Problem", "RandomSearch", "SEARCHERS",
+           "SearchError", "Searcher", "Study", "StudyError", "Trial", "TreeSearch", "family_problem", "search"]

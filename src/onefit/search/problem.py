@@ -64,15 +64,13 @@ class Problem:
         return {n: float(self.metrics[n].fn(arch)) for n in names}
 
     def violation(self, measured: Mapping[str, float]) -> float:
-        """Sum over the constraints of how far each is exceeded, relative to its bound."""
-        return sum(max(0.0, measured[n] - b) / max(abs(b), 1e-12) for n, b in self.constraints.items())
+        """Sum over the constraints in ``measured`` of how far each is exceeded, relative to its bound."""
+        return sum(max(0.0, measured[n] - b) / max(abs(b), 1e-12) for n, b in self.constraints.items()
+                   if n in measured)
 
     def cheap_violation(self, arch: Arch) -> float:
         """The part of the violation that cheap metrics alone determine."""
-        names = [n for n in self.constraints if self.metrics[n].cheap]
-        measured = self.compute(arch, names)
-        return sum(max(0.0, measured[n] - self.constraints[n]) / max(abs(self.constraints[n]), 1e-12)
-                   for n in names)
+        return self.violation(self.compute(arch, [n for n in self.constraints if self.metrics[n].cheap]))
 
     def evaluate(self, arch: Mapping[str, Any]) -> Trial:
         """Measure ``arch``; an exception or a non-finite objective gives a failed Trial (with the

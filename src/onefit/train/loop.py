@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from onefit.checkpoint import load_training_state, restore_, save_family
+from onefit.progress import progress_bar
 from onefit.train.sorted import SortedNetRecipe
 
 
@@ -80,7 +81,7 @@ def train(
     if cosine and n is None:
         raise ValueError("a cosine schedule needs data with a length; pass cosine=False for a stream")
     family.train()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("training family", total=None if n is None else (epochs - start) * n)
         for epoch in range(start, epochs):
             t0, losses = time.perf_counter(), []
@@ -117,7 +118,7 @@ def train_plain(model: nn.Module, data, epochs: int, lr: float = 3e-3, progress:
     baseline a family is compared with. Returns ``model`` in eval mode."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("training model", total=epochs * len(data))
         for epoch in range(epochs):
             for i, (x, y) in enumerate(data):
@@ -140,25 +141,3 @@ def _len_or_none(data) -> int | None:
         return len(data)
     except TypeError:
         return None
-
-
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *args, **kwargs):
-        return 0
-
-    def update(self, *args, **kwargs):
-        pass
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

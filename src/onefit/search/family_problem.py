@@ -1,0 +1,67 @@
+"""The standard problem over a trained family: error on validation data and the family's costs.
+
+Metrics:
+- ``error``: 1 - top-1 accuracy of the extracted sub-model on ``data``, after re-estimating its
+  batch-norm statistics on ``calibration`` (each sub-model needs its own; BigNAS, OFA);
+- ``params``, ``macs``, ``weight_bytes`` (at the arch's bit-widths where the family has them),
+  ``activation_bytes``: counts, cheap;
+- ``latency_ms``: a ``LatencyModel``'s prediction (cheap), when one is given or saved with the
+  family; ``latency="measure"`` measures each sub-model on ONNX Runtime instead (not cheap).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from onefit.cost.counts import costs
+from onefit.search.problem import Metric, Problem
+from onefit.space import Arch
+from onefit.train.bn import recalibrate_bn
+from onefit.train.loop import evaluate
+
+COUNTS = ("params", "macs", "weight_bytes", "activation_bytes")
+
+
+def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("error", "macs", "params"),
+                   constraints: Mapping[str, float] | None = None, calibration: Iterable | None = None,
+                   bn_batches: int = 10, latency=None) -> Problem:
+    """A Problem over ``family.space``; ``data`` yields validation ``(x, y)`` batches.
+
+    ``latency``: a ``LatencyModel``, ``"measure"``, or None (the family's saved ONNX Runtime
+    batch-1 model if it has one; otherwise no ``latency_ms`` metric).
+    """
+    space = family.space
+
+    @lru_cache(maxsize=4096)
+    def counts(key: str) -> dict:
+        return costs(family, json.loads(key))
+
+    def count(name: str):
+        return lambda arch: counts(space.key(arch))[name]
+
+    def error(arch: Arch) -> float:
+        sub = family.extract(arch)
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in sub.modules()):
+            recalibrate_bn(sub, calibration if calibration is not None else data, bn_batches)
+        return 1.0 - evaluate(sub, data) / 100.0
+
+    metrics = {"error": Metric(error), **{n: Metric(count(n), cheap=True) for n in COUNTS}}
+    latency_metric = _latency(family, latency)
+    if latency_metric is not None:
+        metrics["latency_ms"] = latency_metric
+    return Problem(space, metrics, objectives, constraints)
+
+
+def _latency(family, latency) -> Metric | None:
+    if latency == "measure":
+        from onefit.cost.latency import measure_latency
+
+        return Metric(lambda arch: measure_latency(family.extract(arch).eval(), family.example_inputs).median_ms)
+    model = latency if latency is not None else family.latency_models.get("onnxruntime-b1")
+    if model is None:
+        return None
+    return Metric(lambda arch: model.predict(family, arch), cheap=True)

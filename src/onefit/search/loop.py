@@ -1,0 +1,65 @@
+"""``onefit.search``: the visible ask / evaluate / record / tell loop."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from onefit.progress import progress_bar
+from onefit.search.base import Searcher
+from onefit.search.pareto import Front
+from onefit.search.problem import Problem
+from onefit.search.study import MemoryStudy, Study
+
+
+class SearchError(RuntimeError):
+    """A search that cannot go on (every evaluation fails)."""
+
+
+def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | Path | None = None,
+           study_name: str = "onefit", progress: bool = True) -> Front:
+    """Evaluate up to ``budget`` distinct archs proposed by ``searcher``; return the Pareto front.
+
+    With ``storage`` (a path or database URL) every evaluation is recorded as it finishes, and a
+    search started again on the same study goes on from there: recorded trials are told to the
+    searcher, not evaluated again, and count towards ``budget``. ``searcher`` is copied, so the
+    object passed in stays a reusable config.
+
+    >>> from onefit.search.problem import toy_problem
+    >>> from onefit.search.nsga2 import NSGA2Search
+    >>> front = search(toy_problem(), NSGA2Search(seed=0), budget=30, progress=False)
+    >>> len(front.evaluated), front.best(size=8).arch
+    (30, {'a': 4, 'b': 2, 'c': 8})
+    """
+    if budget < 1:
+        raise ValueError(f"search: budget must be a positive number of evaluations, got {budget}")
+    study = MemoryStudy() if storage is None else Study(storage, problem, study_name)
+    searcher = copy.deepcopy(searcher)
+    searcher.setup(problem)
+    trials = study.trials()
+    done = {problem.space.key(t.arch): t for t in trials}
+    for trial in trials:  # a resumed study: the searcher learns what was already measured
+        searcher.tell(trial)
+    repeats = 0
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"search {type(searcher).__name__}", total=budget, completed=len(done))
+        while len(done) < min(budget, problem.space.size) and repeats < 10 * budget:
+            arch = problem.space.validate(searcher.ask())
+            key = problem.space.key(arch)
+            if key in done:  # measured already: tell it again, spend nothing
+                searcher.tell(done[key])
+                repeats += 1
+                continue
+            trial = problem.evaluate(arch)
+            study.record(trial)
+            searcher.tell(trial)
+            done[key] = trial
+            trials.append(trial)
+            bar.update(task, advance=1)
+            _stop_if_all_failed(trials)
+    return Front(trials, problem.objectives)
+
+
+def _stop_if_all_failed(trials, first: int = 5) -> None:
+    if len(trials) == first and all(t.failed for t in trials):
+        raise SearchError(f"the first {first} evaluations all failed; the first said: {trials[0].error}")
