@@ -10,7 +10,8 @@ from onefit.demo import DemoConfig, run_demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "run"
-    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8, widths=(8, 16), blocks=(2, 2)), progress=False)
+    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8, widths=(8, 16), blocks=(2, 2),
+                                        search_budget=12), progress=False)
 
 
 def test_demo_tabulates_sub_models_from_smallest_to_largest(demo_run):
@@ -62,3 +63,38 @@ def test_demo_table_prints_every_row(demo_run, capsys):
     out = capsys.readouterr().out
     assert f"{len(result['rows'])} shown" in out
     assert all(row["summary"] in out for row in result["rows"])
+
+
+def test_demo_ends_with_the_searched_front(demo_run, capsys):
+    from onefit.demo import print_table
+
+    folder, result = demo_run
+    front = result["front"]
+    assert front["evaluated"] == 12 and front["front"]
+    assert {"front.json", "front.csv", "study.db"} <= {p.name for p in folder.iterdir()}
+    assert len(list((folder / "plots").glob("front_*.png"))) == 3  # one per pair of three objectives
+    print_table(result)
+    out = capsys.readouterr().out
+    assert f"{len(front['front'])} of 12 evaluated" in out and front["summaries"][0] in out
+
+
+def test_cli_search_resumes_the_demo_study_and_checks_its_options(demo_run):
+    folder, _ = demo_run
+    runner = CliRunner()
+    out = runner.invoke(app, ["search", str(folder), "--budget", "16", "--searcher", "nsga2",
+                              "--constraint", "params<=20000"])
+    assert out.exit_code == 2 and "different problem: its constraints differ" in out.output
+    out = runner.invoke(app, ["search", str(folder), "--budget", "16", "--searcher", "nsga2"])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((folder / "front.json").read_text())
+    assert saved["evaluated"] == 16 and "of 16 evaluated" in out.output
+    out = runner.invoke(app, ["search", str(folder), "--study", "small", "--budget", "6",
+                              "--constraint", "params<=20000"])
+    assert out.exit_code == 0, out.output
+    assert all(t["metrics"]["params"] <= 20000 for t in json.loads((folder / "front.json").read_text())["front"])
+    for args, message in ((["--searcher", "grid"], "unknown searcher 'grid'; choose one of"),
+                          (["--constraint", "params<50"], "a constraint is NAME<=BOUND"),
+                          (["--objectives", "error,latency_ms"], "unknown metric(s) ['latency_ms']"),
+                          (["--constraint", "params<=10"], "no sub-model satisfies the constraint params <= 10")):
+        bad = runner.invoke(app, ["search", str(folder), "--study", "bad", *args])
+        assert bad.exit_code == 2 and message in bad.output, bad.output

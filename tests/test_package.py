@@ -10,7 +10,7 @@ import pytest
 
 def test_import_onefit_stays_light():
     code = ("import sys, onefit; heavy = [m for m in ('onnx', 'onnxruntime', 'optuna', 'transformers', "
-            "'matplotlib', 'sklearn', 'rich', 'typer') if m in sys.modules]; print(heavy)")
+            "'matplotlib', 'sklearn', 'moocore', 'rich', 'typer') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

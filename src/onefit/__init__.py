@@ -13,6 +13,8 @@ from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import zoo
+from onefit.nas import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,
+                        family_problem, search)
 from onefit.train import (
     SandwichSampler,
     SortedNetConfig,
@@ -36,15 +38,24 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "Family",
+    "Front",
+    "N2NSearch",
+    "NSGA2Search",
+    "PredictorSearch",
     "L1Importance",
+    "Problem",
+    "RandomSearch",
     "SandwichSampler",
     "SortedNetConfig",
     "SortedNetRecipe",
     "Space",
+    "TreeSearch",
     "costs",
     "count_macs",
     "count_params",
     "elasticize",
+    "family_problem",
+    "search",
     "evaluate",
     "export",
     "inspect",

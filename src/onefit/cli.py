@@ -136,5 +136,65 @@ def export_command(
         typer.echo(f"accuracy: torch {acc['torch']:.2f}%, onnx {acc['onnx']:.2f}% ({acc['change']:+.2f} points)")
 
 
+def _parse_constraints(items: list[str]) -> dict[str, float]:
+    constraints = {}
+    for item in items:
+        name, sep, bound = item.partition("<=")
+        try:
+            constraints[name.strip()] = float(bound)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"a constraint is NAME<=BOUND, e.g. params<=50000 or latency_ms<=2; got {item!r}")
+    return constraints
+
+
+@app.command("search")
+def search_command(
+    run: Path = typer.Argument(..., help="run folder holding family/ and config.json naming its data"),
+    searcher: str = typer.Option("linas", help="random, nsga2, linas (predictor-assisted), n2n or tree"),
+    budget: int = typer.Option(100, min=1, help="evaluations (a resumed study counts those it has)"),
+    objectives: str = typer.Option("error,macs,params", help="comma separated: error, params, macs, weight_bytes, "
+                                   "latency_ms (when the family has a latency model)"),
+    constraint: list[str] = typer.Option([], help="NAME<=BOUND, repeatable, e.g. --constraint params<=50000"),
+    storage: str = typer.Option(None, help="study storage: a path or database URL (default RUN/study.db)"),
+    study: str = typer.Option("onefit", help="study name inside the storage"),
+    seed: int = typer.Option(0, help="searcher seed"),
+) -> None:
+    """Search a trained family's accuracy / cost front; resumable; writes front.json, front.csv, plots."""
+    import json
+
+    import onefit
+    from onefit.data import validation_split
+    from onefit.report.tables import front_table
+    from onefit.nas import SEARCHERS, StudyError, family_problem, search
+
+    try:
+        if searcher not in SEARCHERS:
+            raise ValueError(f"unknown searcher {searcher!r}; choose one of {sorted(SEARCHERS)}")
+        family = onefit.load(run / "family")
+        train_data, _ = _load_data(run)
+        if train_data is None:
+            raise ValueError(f"{run / 'config.json'} names no data to evaluate sub-models on")
+        fit_data, val_data = validation_split(train_data, seed=json.loads((run / "config.json").read_text()).get("seed", 0))
+        problem = family_problem(family, val_data, calibration=fit_data, objectives=objectives.split(","),
+                                 constraints=_parse_constraints(constraint))
+        front = search(problem, SEARCHERS[searcher](seed=seed), budget=budget, storage=storage or run / "study.db",
+                       study_name=study)
+    except (ValueError, StudyError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2)
+    front.save_json(run / "front.json")
+    front.save_csv(run / "front.csv")
+    plots = front.plot(run / "plots")
+    from rich.console import Console
+
+    from onefit.demo import summarize
+
+    Console().print(front_table(front, f"front: {len(front)} of {len(front.evaluated)} evaluated (validation error)",
+                                lambda arch: summarize(family, arch)))
+    typer.echo(f"wrote {run / 'front.json'}, {run / 'front.csv'} and {len(plots)} plot(s) in {run / 'plots'}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,5 +1,6 @@
 """The whole flow on scikit-learn's bundled digits: train a ResNet, turn it into a family, train
-the family with SortedNet, and tabulate sub-models from smallest to largest."""
+the family with SortedNet, tabulate sub-models from smallest to largest, and search the
+error x MACs x params front on held-out validation data."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from onefit.checkpoint import atomic_write
 from onefit.cost import costs, measure_latency
-from onefit.data import digits
+from onefit.data import digits, validation_split
 from onefit.family import elasticize
 from onefit.importance import sort_
 from onefit.select import distinct_chain, largest_within
@@ -29,6 +30,7 @@ class DemoConfig:
     lr: float = 3e-3
     widths: tuple = (32, 64)  # of the ResNet's two stages
     blocks: tuple = (3, 3)
+    search_budget: int = 60  # sub-models the predictor-assisted search evaluates
 
 
 def spread(items: list, n: int) -> list:
@@ -49,7 +51,8 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
     config = config or DemoConfig()
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    train_data, test_data = digits(batch_size=64, seed=config.seed)
+    train_all, test_data = digits(batch_size=64, seed=config.seed)
+    train_data, val_data = validation_split(train_all, seed=config.seed)  # the search selects on val
     model, source = build("resnet", in_channels=1, widths=list(config.widths), blocks=list(config.blocks), classes=10)
     example = next(iter(test_data))[0][:1]
 
@@ -73,6 +76,7 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
             "accuracy": evaluate(sub, test_data),
             "latency_b1": measure_latency(sub, example, backend="onnxruntime", cost=cost).to_json(),
         })
+    front = search_front(family, train_data, val_data, out, config)
     budget = rows[len(rows) // 2]["params"]
     pick = largest_within(family, params=budget)
     result = {
@@ -81,12 +85,25 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
         "full_model_accuracy": full_accuracy,
         "rows": rows,
         "largest_within_params": {"budget": budget, "arch": pick, "summary": summarize(family, pick)},
+        "front": {**front.to_json(), "summaries": [summarize(family, t.arch) for t in front]},
         "seconds": round(time.perf_counter() - started, 1),
     }
     run_config = {"data": "onefit.data:digits", "data_kwargs": {"batch_size": 64, "seed": config.seed}, **asdict(config)}
     atomic_write(out / "config.json", json.dumps(run_config, indent=1).encode())
     atomic_write(out / "table.json", json.dumps(result, indent=1).encode())
     return result
+
+
+def search_front(family, train_data, val_data, out: Path, config: DemoConfig):
+    """Predictor-assisted search of the error x MACs x params front, recorded in out/study.db."""
+    from onefit.nas import PredictorSearch, family_problem, search
+
+    problem = family_problem(family, val_data, calibration=train_data, objectives=("error", "macs", "params"))
+    front = search(problem, PredictorSearch(seed=config.seed), budget=config.search_budget, storage=out / "study.db")
+    front.save_json(out / "front.json")
+    front.save_csv(out / "front.csv")
+    front.plot(out / "plots")
+    return front
 
 
 def print_table(result: dict) -> None:
@@ -106,4 +123,13 @@ def print_table(result: dict) -> None:
     pick = result["largest_within_params"]
     console.print(f"largest nested sub-model within {pick['budget']:,} params: {pick['summary']} "
                   f"(full arch in table.json)")
+    from onefit.report.tables import front_table
+    from onefit.nas import Front, Trial
+
+    data = result["front"]
+    front = Front([Trial.from_json(t) for t in data["front"]], data["objectives"])
+    names = {json.dumps(t["arch"], sort_keys=True): s for t, s in zip(data["front"], data["summaries"])}
+    console.print(front_table(front, f"error x MACs x params front: {len(front)} of {data['evaluated']} "
+                                     f"evaluated sub-models (validation error)",
+                              lambda arch: names[json.dumps(arch, sort_keys=True)], limit=12))
     console.print(f"demo took {result['seconds']} s")

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import math
 
-import moocore
 import numpy as np
 
-from onefit.search.base import Searcher, Trial, failed_values
+from onefit.nas.base import Searcher, Trial, failed_values
 from onefit.space import Arch
 
 
@@ -164,6 +163,8 @@ class TreeSearch(Searcher):
         feasible = [i for i, t in enumerate(self._trials) if usable[i] and t.violation == 0]
         floor = 1.0  # the worst feasible score; infeasible trials stay below it
         if feasible:
+            import moocore
+
             ranks = moocore.pareto_rank(np.array([self._trials[i].values for i in feasible], dtype=float))
             layers = int(ranks.max()) + 1
             for i, r in zip(feasible, ranks):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from onefit.search.base import Trial, failed_values
+from onefit.nas.base import Trial, failed_values
 from onefit.space import Arch, Dimension, Space
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from onefit.search.base import Trial
+from onefit.nas.base import Trial
 
 PROBLEM_ATTR = "onefit:problem"
 

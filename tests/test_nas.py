@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from onefit.search import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
+from onefit.nas import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
                            StudyError, search)
-from onefit.search.problem import toy_problem
+from onefit.nas.problem import toy_problem
 from onefit.space import Dimension, Space
 
 
@@ -115,8 +115,8 @@ def test_a_storage_that_cannot_be_opened():
 
 SLOW_SEARCH = """
 import sys, time
-from onefit.search import search, Problem, PredictorSearch
-from onefit.search.problem import toy_problem
+from onefit.nas import search, Problem, PredictorSearch
+from onefit.nas.problem import toy_problem
 from onefit.space import Space, Dimension
 
 log = open(sys.argv[2], "a")
@@ -146,7 +146,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     assert 15 <= len(before) < 40, "the search should have been killed midway"
 
     problem_space = Space([Dimension(f"d{i}", "width", (1, 2, 3, 4)) for i in range(5)])
-    from onefit.search.study import Study
+    from onefit.nas.study import Study
 
     probe = Problem(problem_space, {"error": lambda a: 0.0, "size": Metric(lambda a: float(sum(a.values())), True)},
                     ("error", "size"))

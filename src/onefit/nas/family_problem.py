@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from itertools import islice
 from typing import Iterable, Mapping, Sequence
 
 import torch
 
 from onefit.cost.counts import costs
-from onefit.search.problem import Metric, Problem
+from onefit.nas.problem import Metric, Problem
 from onefit.space import Arch
 from onefit.train.bn import recalibrate_bn
 from onefit.train.loop import evaluate
@@ -35,6 +36,8 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     batch-1 model if it has one; otherwise no ``latency_ms`` metric).
     """
     space = family.space
+    # the same batches for every sub-model: re-estimation is then deterministic, and cheaper
+    calibration = list(islice(calibration if calibration is not None else data, bn_batches))
 
     @lru_cache(maxsize=4096)
     def counts(key: str) -> dict:
@@ -46,7 +49,7 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     def error(arch: Arch) -> float:
         sub = family.extract(arch)
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in sub.modules()):
-            recalibrate_bn(sub, calibration if calibration is not None else data, bn_batches)
+            recalibrate_bn(sub, calibration, len(calibration))
         return 1.0 - evaluate(sub, data) / 100.0
 
     metrics = {"error": Metric(error), **{n: Metric(count(n), cheap=True) for n in COUNTS}}

@@ -1,0 +1,35 @@
+"""The front as a table a person reads at a glance (rich)."""
+
+from __future__ import annotations
+
+from onefit.nas.pareto import Front
+
+COUNTS = ("params", "macs", "weight_bytes")
+
+
+def _cell(name: str, value: float) -> str:
+    if name == "error":
+        return f"{100 * value:.1f}%"
+    if name in COUNTS or float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.3g}"
+
+
+def front_table(front: Front, title: str, summarize=None, limit: int = 20):
+    """One row per arch on the front (at most ``limit``, evenly spread), objectives first, then the
+    other counts; ``summarize(arch) -> str`` gives the arch column."""
+    from rich.table import Table
+
+    from onefit.demo import spread
+
+    names = list(front.objectives) + [n for n in COUNTS if n not in front.objectives]
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    if summarize is not None:
+        table.add_column("sub-model")
+    for name in names:
+        table.add_column(name, justify="right")
+    for i, trial in enumerate(spread(front.trials, limit)):
+        cells = [_cell(n, trial.metrics[n]) if n in trial.metrics else "" for n in names]
+        table.add_row(str(i), *([summarize(trial.arch)] if summarize else []), *cells)
+    return table
