@@ -5,6 +5,8 @@
 (16, 32, 64)
 >>> config.width_choices(10, 1, ["head"])
 (10,)
+>>> ElasticConfig(bits=(8, 4), bits_layers={"head": (8,)}).bits_choices("head")
+(8, 32)
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Mapping, Sequence
+
+from onefit.elastic.quant import BITS, FULL, check_bits
 
 
 def _fractions(values, where: str) -> tuple[float, ...]:
@@ -22,6 +26,18 @@ def _fractions(values, where: str) -> tuple[float, ...]:
     return fractions
 
 
+def _bits(values, where: str) -> tuple[int, ...]:
+    """Allowed bit-widths, sorted, with full precision (32) always among them."""
+    if isinstance(values, (int, str)) or not values:
+        raise ValueError(f"{where}: a non-empty tuple of bit-widths from {BITS}, got {values!r}")
+    return tuple(sorted({check_bits(b, where) for b in values} | {FULL}))
+
+
+def _pairs(value) -> tuple:
+    """``{pattern: choices}`` or ``((pattern, choices), ...)`` (as JSON brings it back) as pairs."""
+    return tuple(value.items() if isinstance(value, Mapping) else value)
+
+
 @dataclass(frozen=True)
 class ElasticConfig:
     """width: fractions of each width group's full size (the full size is always included).
@@ -30,12 +46,22 @@ class ElasticConfig:
     dimensions; a tuple of ints: the depths allowed (those a stage can take, and always all blocks).
     layers: overrides as ``{pattern: fractions}``; a group takes the first pattern (``fnmatch``
     style) that matches one of the layers producing it; ``(1.0,)`` keeps it whole.
+    bits: weight bit-widths (from 2, 3, 4, 8, 32) of every Linear and convolution, each its own
+    ``bits:<layer>`` dimension; 32 (full precision) is always a choice; None: no bits dimensions.
+    bits_layers: overrides as ``{pattern: bit-widths}``, first match wins; ``(32,)`` keeps a layer
+    in full precision, and an override gives a layer bits dimensions even when ``bits`` is None.
+    activation_bits: None quantizes weights only; a bit-width (2 to 8) also fake-quantizes the
+    input of every layer whose weights run below 32 bits, per tensor over a calibrated range
+    (``onefit.elastic.quant.calibrate_``).
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     heads: tuple[float, ...] | None = None
     depth: bool | tuple[int, ...] = True
     layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    bits: tuple[int, ...] | None = None
+    bits_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    activation_bits: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))
@@ -46,9 +72,22 @@ class ElasticConfig:
             if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
                 raise ValueError(f"ElasticConfig.depth: True, False or positive block counts, got {self.depth!r}")
             object.__setattr__(self, "depth", depths)
-        pairs = self.layers.items() if isinstance(self.layers, Mapping) else self.layers
-        layers = tuple((str(p), _fractions(f, f"ElasticConfig.layers[{p!r}]")) for p, f in pairs)
+        layers = tuple((str(p), _fractions(f, f"ElasticConfig.layers[{p!r}]")) for p, f in _pairs(self.layers))
         object.__setattr__(self, "layers", layers)
+        if self.bits is not None:
+            object.__setattr__(self, "bits", _bits(self.bits, "ElasticConfig.bits"))
+        overrides = tuple((str(p), _bits(b, f"ElasticConfig.bits_layers[{p!r}]"))
+                          for p, b in _pairs(self.bits_layers))
+        object.__setattr__(self, "bits_layers", overrides)
+        if self.activation_bits is not None:
+            self._check_activation_bits()
+
+    def _check_activation_bits(self) -> None:
+        where = "ElasticConfig.activation_bits"
+        if check_bits(self.activation_bits, where) == FULL:
+            raise ValueError(f"{where}: one of {BITS[:-1]}, or None for weights only, got {self.activation_bits!r}")
+        if self.bits is None and not self.bits_layers:
+            raise ValueError(f"{where}: quantizes the inputs of layers with low-bit weights; set bits or bits_layers too")
 
     def fractions_for(self, producers: Sequence[str], kind: str = "width") -> tuple[float, ...]:
         for pattern, fractions in self.layers:
@@ -72,9 +111,18 @@ class ElasticConfig:
         allowed = () if self.depth is False else self.depth
         return tuple(sorted({d for d in allowed if min_depth <= d <= blocks} | {blocks}))
 
-    def check_patterns(self, names: Sequence[str]) -> None:
-        """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing)."""
-        for pattern, _ in self.layers:
-            if not any(fnmatchcase(n, pattern) for n in names):
-                raise ValueError(f"ElasticConfig.layers: pattern {pattern!r} matches no layer; layers are "
-                                 f"{list(names)[:12]}{' ...' if len(names) > 12 else ''}")
+    def bits_choices(self, layer: str) -> tuple[int, ...]:
+        """Weight bit-widths of ``layer``: its first matching override, else ``bits``; (32,) if neither."""
+        for pattern, bits in self.bits_layers:
+            if fnmatchcase(layer, pattern):
+                return bits
+        return self.bits or (FULL,)
+
+    def check_patterns(self, names: Sequence[str], quantizable: Sequence[str] = ()) -> None:
+        """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing);
+        ``bits_layers`` patterns must match one of the ``quantizable`` layers."""
+        for field, pairs, layers in (("layers", self.layers, names), ("bits_layers", self.bits_layers, quantizable)):
+            for pattern, _ in pairs:
+                if not any(fnmatchcase(n, pattern) for n in layers):
+                    raise ValueError(f"ElasticConfig.{field}: pattern {pattern!r} matches no layer; layers are "
+                                     f"{list(layers)[:12]}{' ...' if len(layers) > 12 else ''}")

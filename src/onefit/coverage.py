@@ -26,6 +26,7 @@ class LayerCoverage:
     width_out: str
     depth: str  # the depth dimension it can be skipped by, or ""
     elastic: bool
+    bits: str = ""  # its bits dimension and choices, e.g. "bits:fc1 (4, 8, 32)", or ""
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Coverage:
     space_size: int
     params_min: int
     params_max: int
+    weight_bytes_min: int = 0  # with bits dimensions, the smallest sub-model's weights also take fewer bytes
+    weight_bytes_max: int = 0
 
     @property
     def coverage(self) -> float:
@@ -51,10 +54,15 @@ class Coverage:
         return {**asdict(self), "coverage": self.coverage, "reducible": self.reducible}
 
     def to_markdown(self) -> str:
-        lines = ["| layer | type | params | input width | output width | depth |", "|---|---|---:|---|---|---|"]
-        lines += [f"| {l.name} | {l.type} | {l.params:,} | {l.width_in} | {l.width_out} | {l.depth} |" for l in self.layers]
+        bits = any(layer.bits for layer in self.layers)  # the column shows only when bits are configured
+        lines = ["| layer | type | params | input width | output width | depth |" + " bits |" * bits,
+                 "|---|---|---:|---|---|---|" + "---|" * bits]
+        lines += [f"| {l.name} | {l.type} | {l.params:,} | {l.width_in} | {l.width_out} | {l.depth} |"
+                  + f" {l.bits} |" * bits for l in self.layers]
         lines.append(f"\n{self.space_size:,} sub-models, {self.params_min:,} to {self.params_max:,} params; "
                      f"{self.coverage:.1%} of parameters in elastic layers; the smallest drops {self.reducible:.1%}.")
+        if bits:
+            lines[-1] += f" Weights take {self.weight_bytes_min:,} to {self.weight_bytes_max:,} bytes."
         return "\n".join(lines)
 
 
@@ -88,9 +96,13 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
             continue
         w_in, e_in = _describe(family, layer.in_group, "model input")
         w_out, e_out = _describe(family, layer.out_group, "fixed")
-        rows.append(LayerCoverage(name, _type_name(model, name), own, w_in, w_out, depth, e_in or e_out or bool(depth)))
-    return Coverage(rows, {d.name: list(d.choices) for d in family.space}, family.space.size,
-                    costs(family, family.space.min())["params"], costs(family, family.space.max())["params"])
+        bits = f"bits:{name}" if f"bits:{name}" in family.space.names else ""
+        bits = bits and f"{bits} {family.space[bits].choices}"
+        rows.append(LayerCoverage(name, _type_name(model, name), own, w_in, w_out, depth,
+                                  e_in or e_out or bool(depth) or bool(bits), bits))
+    smallest, largest = costs(family, family.space.min()), costs(family, family.space.max())
+    return Coverage(rows, {d.name: list(d.choices) for d in family.space}, family.space.size, smallest["params"],
+                    largest["params"], smallest["weight_bytes"], largest["weight_bytes"])
 
 
 def _type_name(model: nn.Module, name: str) -> str:

@@ -24,9 +24,12 @@ from torch import nn
 
 from onefit.config import ElasticConfig
 from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
+from onefit.elastic.quant import ActivationQuantizer, quantize_plain
 from onefit.elastic.registry import elastic_type_for
 from onefit.graph import Plan, analyze
 from onefit.space import Arch, Dimension, Space
+
+QUANTIZABLE = ("linear", "conv", "conv_pass")  # attention (mha) keeps full-precision weights
 
 
 class Family(nn.Module):
@@ -42,14 +45,27 @@ class Family(nn.Module):
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
-        config.check_patterns(list(plan.layers))
+        # Layers that can take a bits dimension: ``bits:<layer name>``.
+        self.quantizable = [layer.name for layer in plan.layers.values() if layer.kind in QUANTIZABLE
+                            and hasattr(module.get_submodule(layer.name), "active_bits")]
+        config.check_patterns(list(plan.layers), self.quantizable)
         dims = [
             Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
             for g in plan.groups.values()
             if g.elastic
         ]
         dims += [Dimension(s.dim_name, "depth", config.depth_choices(s.min_depth, s.blocks)) for s in plan.stages]
+        dims += [Dimension(f"bits:{name}", "bits", config.bits_choices(name)) for name in self.quantizable]
         self.space = Space([d for d in dims if len(d.choices) > 1])
+        if config.activation_bits is not None:
+            self._add_input_quantizers(config.activation_bits)
+
+    def _add_input_quantizers(self, bits: int) -> None:
+        """Give every layer with a bits dimension an input quantizer (its range is a saved buffer)."""
+        for name in self.quantizable:
+            if f"bits:{name}" in self.space.names:
+                layer = self.module.get_submodule(name)
+                layer.input_quant = ActivationQuantizer(bits, name).to(layer.weight.device)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
@@ -63,6 +79,10 @@ class Family(nn.Module):
     def depths(self, arch: Mapping[str, Any]) -> dict[str, int]:
         return {s.name: arch.get(s.dim_name, s.blocks) for s in self.plan.stages}
 
+    def bits(self, arch: Mapping[str, Any]) -> dict[str, int]:
+        """Weight bit-width of every layer with a bits dimension in ``arch``; the others run at 32."""
+        return {name: arch[f"bits:{name}"] for name in self.quantizable if f"bits:{name}" in arch}
+
     def _assignments(self, arch: Arch) -> list[tuple[nn.Module, str, Any]]:
         """(module, attribute, value) settings that make the family compute ``arch``."""
         widths, depths = self.widths(arch), self.depths(arch)
@@ -72,6 +92,7 @@ class Family(nn.Module):
         settings += [(self.module.get_submodule(m), attr, widths[g]) for m, attr, g in self.plan.bindings]
         settings += [(self.module.get_submodule(layer.name), "in_index", self.input_index(layer, widths))
                      for layer in self.plan.layers.values() if layer.in_segments]
+        settings += [(self.module.get_submodule(name), "active_bits", b) for name, b in self.bits(arch).items()]
         return settings
 
     @staticmethod
@@ -123,16 +144,19 @@ class Family(nn.Module):
         return tuple(f"{s.name}.{i}." for s in self.plan.stages for i in range(depths[s.name], s.blocks))
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
-        """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit."""
+        """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit.
+
+        Layers below 32 bits hold their quantized values as fp32 weights (fake quantization baked in).
+        """
         arch = self.space.complete(arch)
         sub, skipped = copy.deepcopy(self.module), self.skipped(arch)
-        widths = self.widths(arch)
+        widths, bits = self.widths(arch), self.bits(arch)
         for name, (n_in, n_out) in self.layer_sizes(arch).items():
             layer, plan = sub.get_submodule(name), self.plan.layers[name]
             if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
                 index = self.input_index(plan, widths) if plan.in_segments else None
-                _replace(sub, name, layer.to_plain(n_in, n_out, in_index=index) if index is not None
-                         else layer.to_plain(n_in, n_out))
+                plain = layer.to_plain(n_in, n_out) if index is None else layer.to_plain(n_in, n_out, in_index=index)
+                _replace(sub, name, quantize_plain(plain, layer, bits[name]) if name in bits else plain)
         for module, attr, group in self.plan.bindings:
             if not f"{module}.".startswith(skipped):
                 setattr(sub.get_submodule(module), attr, widths[group])

@@ -5,10 +5,15 @@ attention products (q·k and attention·v), the same operations ``torch.utils.fl
 counts (it reports 2 FLOPs per MAC). Hugging Face encoders are not traced: their attention
 products are left out. Norms, activations and pooling are left out, as there. Layers onefit
 keeps whole count their full parameters and no MACs. Parameters held directly by a non-layer module (a class token, say) count in full.
+
+``weight_bytes`` stores a parameter in 4 bytes, except the weights of a layer running at b < 32
+bits: b/8 bytes each, packed (a layer's weights rounded up to whole bytes), plus one fp32 scale
+per output channel. Activation ranges (two numbers a layer) are left out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from torch import nn
@@ -33,6 +38,15 @@ def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: 
     return sum(p.numel() for p in module.parameters()), 0
 
 
+def _param_bytes(module: nn.Module, params: int, n_out: int, bits: int) -> int:
+    """Bytes of a layer's ``params``: 4 each, but its weights at ``bits`` / 8 plus a scale per output."""
+    if bits >= 32:
+        return 4 * params
+    biases = n_out if getattr(module, "bias", None) is not None else 0
+    weights = params - biases
+    return math.ceil(weights * bits / 8) + 4 * n_out + 4 * biases
+
+
 def _bound(owner: str, layers) -> bool:
     """Whether the module ``owner`` is, or sits inside, a layer the plan counts."""
     while owner:
@@ -43,25 +57,28 @@ def _bound(owner: str, layers) -> bool:
 
 
 def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
-    """Per active bound layer: name, kind, params, macs, positions, input and output elements."""
+    """Per active bound layer: name, kind, params, macs, positions, input and output elements, and the
+    bytes its parameters take at the arch's bit-width."""
     arch = family.space.complete(arch)
-    sizes, skipped = family.layer_sizes(arch), family.skipped(arch)
+    sizes, skipped, bits = family.layer_sizes(arch), family.skipped(arch), family.bits(arch)
     rows = []
     for name, layer in family.plan.layers.items():
         if f"{name}.".startswith(skipped):
             continue
         n_in, n_out = sizes[name]
         positions = (layer.positions, layer.in_positions) if layer.kind == "mha" else layer.positions
-        p, m = _layer_cost(family.module.get_submodule(name), layer.kind, n_in, n_out, positions)
+        module = family.module.get_submodule(name)
+        p, m = _layer_cost(module, layer.kind, n_in, n_out, positions)
         rows.append({"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
-                     "elements": layer.in_positions * n_in + layer.positions * n_out})
+                     "elements": layer.in_positions * n_in + layer.positions * n_out,
+                     "bytes": _param_bytes(module, p, n_out, bits.get(name, 32))})
     return rows
 
 
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     """Costs of the sub-model ``arch``, per sample where it matters:
 
-    params, macs; weight_bytes (fp32 today: 4 bytes a parameter); layers (active Linear, conv and
+    params, macs; weight_bytes (4 bytes a parameter, fewer for low-bit weights); layers (active Linear, conv and
     attention layers); activation_bytes, an estimate of peak activation memory: the largest input plus
     output of any one layer, at 4 bytes an element.
     """
@@ -70,6 +87,7 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     rows = layer_costs(family, arch)
     computing = [r for r in rows if r["kind"] in ("linear", "conv", "conv_pass", "mha")]
     params, macs = sum(r["params"] for r in rows), sum(r["macs"] for r in rows)
+    weight_bytes = sum(r["bytes"] for r in rows)
     widths = family.widths(arch)
     for op in family.plan.ops:  # attention products: they scale with the number of heads
         group = family.plan.groups.get(op.group)
@@ -79,7 +97,8 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
         owner = name.rpartition(".")[0]
         if not _bound(owner, family.plan.layers) and not f"{owner}.".startswith(skipped):
             params += param.numel()
-    return {"params": params, "macs": macs, "weight_bytes": 4 * params, "layers": len(computing),
+            weight_bytes += 4 * param.numel()
+    return {"params": params, "macs": macs, "weight_bytes": weight_bytes, "layers": len(computing),
             "activation_bytes": 4 * max((r["elements"] for r in computing), default=0)}
 
 

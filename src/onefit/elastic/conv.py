@@ -4,7 +4,7 @@ A plain convolution (``groups == 1``) produces its first ``active_out`` channels
 many input channels arrive. A grouped convolution whose input and output widths are equal
 (depthwise is the case of one channel per group) passes its width through: ``c`` active
 channels are the first ``c / channels_per_group`` groups, so the prefix of its input is the
-prefix of its output.
+prefix of its output. With ``active_bits`` the active slice of the weights is fake-quantized.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
 
@@ -20,6 +21,7 @@ from onefit.elastic.registry import register
 class ElasticConv(nn.Module):
     active_out: int | None = None  # None: all outputs; ignored by pass-through (grouped) convs
     in_index = None  # input channels to use when the input is a concatenation; None: a prefix
+    active_bits: int | None = None  # weight bit-width; None or 32: full precision
 
     @classmethod
     def from_plain(cls, plain: nn.Conv1d | nn.Conv2d) -> "ElasticConv":
@@ -54,6 +56,7 @@ class ElasticConv(nn.Module):
             groups = self.groups  # grouped convs that do not pass width are kept at full width
             weight = self.weight[:out, : n_in // groups] if self.in_index is None else self.weight[:out, self.in_index]
         bias = None if self.bias is None else self.bias[:out]
+        x, weight = fake_quantize(self, x, weight)
         return self._conv(x, weight, bias, groups=groups, **self.options)
 
     def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Module:
@@ -73,5 +76,6 @@ class ElasticConv(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.plain_type.__name__}({self.in_channels}, {self.out_channels}, "
-            f"kernel={tuple(self.weight.shape[2:])}, groups={self.groups}), active_out={self.active_out}"
+            f"kernel={tuple(self.weight.shape[2:])}, groups={self.groups}), active_out={self.active_out}, "
+            f"active_bits={self.active_bits}"
         )

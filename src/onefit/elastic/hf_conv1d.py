@@ -2,7 +2,8 @@
 
 ``segments`` > 1 is a fused projection such as GPT-2's ``c_attn``, whose outputs are query, key
 and value side by side: each segment keeps its own first ``active_out`` outputs, so fewer heads
-stay aligned in all three.
+stay aligned in all three. Its output channels are the weight's columns (``out_axis = 1``), so
+``active_bits`` quantizes per column.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
 
 @register("transformers.pytorch_utils.Conv1D")
 class ElasticHFConv1D(nn.Module):
     active_out: int | None = None  # outputs per segment; None: all
+    active_bits: int | None = None  # weight bit-width; None or 32: full precision
+    out_axis = 1  # weight is (in, out): one quantization scale per column
 
     @classmethod
     def from_plain(cls, plain: nn.Module) -> "ElasticHFConv1D":
@@ -33,7 +37,8 @@ class ElasticHFConv1D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
         cols = self.columns(self.nf // self.segments if self.active_out is None else self.active_out)
-        out = torch.addmm(self.bias[cols], x.reshape(-1, n_in), self.weight[:n_in, cols])
+        x, weight = fake_quantize(self, x, self.weight[:n_in, cols], axis=self.out_axis)
+        out = torch.addmm(self.bias[cols], x.reshape(-1, n_in), weight)
         return out.view(*x.shape[:-1], len(cols))
 
     def to_plain(self, in_size: int, out_size: int) -> nn.Module:

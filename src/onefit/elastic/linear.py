@@ -1,4 +1,5 @@
-"""Elastic ``nn.Linear``: the first ``active_out`` outputs, as many inputs as the tensor brings."""
+"""Elastic ``nn.Linear``: the first ``active_out`` outputs, as many inputs as the tensor brings,
+its weights fake-quantized to ``active_bits``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
 
@@ -13,6 +15,7 @@ from onefit.elastic.registry import register
 class ElasticLinear(nn.Linear):
     active_out: int | None = None  # None: all outputs
     in_index = None  # input columns to use when the input is a concatenation; None: a prefix
+    active_bits: int | None = None  # weight bit-width; None or 32: full precision
 
     @classmethod
     def from_plain(cls, plain: nn.Linear) -> "ElasticLinear":
@@ -30,6 +33,7 @@ class ElasticLinear(nn.Linear):
         out = self.out_features if self.active_out is None else self.active_out
         bias = None if self.bias is None else self.bias[:out]
         weight = self.weight[:out, :n_in] if self.in_index is None else self.weight[:out, self.in_index]
+        x, weight = fake_quantize(self, x, weight)
         return F.linear(x, weight, bias)
 
     def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Linear:
@@ -42,4 +46,4 @@ class ElasticLinear(nn.Linear):
         return plain.to(self.weight.device, self.weight.dtype)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, active_out={self.active_out}"
+        return f"{super().extra_repr()}, active_out={self.active_out}, active_bits={self.active_bits}"
