@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -99,7 +98,8 @@ def run(budget: int, seeds: list[int], epochs: tuple[int, int], searchers: list[
             runs.setdefault(name, []).append({
                 "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
                 "hypervolume": curve(front.evaluated, checkpoints, ideal, reference),
-                "front": [t.to_json() for t in front]})
+                "front": [t.to_json() for t in front],
+                "values": [t.values for t in front.evaluated]})  # in evaluation order, None if failed
             print(f"{name:7s} seed {seed}: hypervolume {runs[name][-1]['hypervolume'][-1]:.4f} "
                   f"({runs[name][-1]['seconds']} s)", flush=True)
     return {"checkpoints": checkpoints, "ideal": ideal, "reference": reference, "runs": runs,
@@ -177,11 +177,11 @@ def markdown(result: dict, summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget, 2 seeds, 1 epoch")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         result = run(budget=12, seeds=[0], epochs=(1, 1), searchers=list(SEARCHERS), max_error=1.0,
                      widths=(8, 16), blocks=(1, 1))
@@ -194,7 +194,8 @@ def main() -> None:
     plot(result, summary, args.out / "search_efficiency.png")
     (args.out / "search_efficiency.md").write_text(markdown(result, summary, command))
     print(markdown(result, summary, command))
+    return {**result, **summary}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

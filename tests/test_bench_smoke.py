@@ -26,3 +26,17 @@ def test_latency_benchmark_quick_run_writes_json_and_markdown(tmp_path, monkeypa
     assert len(rows) == 2 and all(r["b64"]["ort_int8"]["batch"] == 64 for r in rows)
     assert set(result["summary"]["latency_model"]) == {"b1", "b64"}
     assert "ORT fp32 speed-up over eager" in (tmp_path / "latency.md").read_text()
+
+
+def test_search_benchmarks_quick_runs_write_json_markdown_and_plot(tmp_path):
+    import joint_precision
+    import search_efficiency
+
+    result = search_efficiency.main(["--quick", "--out", str(tmp_path)])
+    assert set(result["runs"]) == {"random", "nsga2", "linas", "n2n", "tree"}
+    assert all(len(r["values"]) == 12 and 0 <= r["hypervolume"][-1] <= 1 for rs in result["runs"].values() for r in rs)
+    assert (tmp_path / "search_efficiency.png").stat().st_size > 1000
+    assert "| searcher |" in (tmp_path / "search_efficiency.md").read_text()
+    joint = joint_precision.main(["--quick", "--out", str(tmp_path)])
+    assert joint["runs"][0]["compared"] >= 1
+    assert "joint smaller at equal error" in (tmp_path / "joint_precision.md").read_text()

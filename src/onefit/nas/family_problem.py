@@ -20,7 +20,7 @@ import torch
 
 from onefit.cost.counts import costs
 from onefit.nas.problem import Metric, Problem
-from onefit.space import Arch
+from onefit.space import Arch, Space
 from onefit.train.bn import recalibrate_bn
 from onefit.train.loop import evaluate
 
@@ -29,13 +29,14 @@ COUNTS = ("params", "macs", "weight_bytes", "activation_bytes")
 
 def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("error", "macs", "params"),
                    constraints: Mapping[str, float] | None = None, calibration: Iterable | None = None,
-                   bn_batches: int = 10, latency=None) -> Problem:
-    """A Problem over ``family.space``; ``data`` yields validation ``(x, y)`` batches.
+                   bn_batches: int = 10, latency=None, space: Space | None = None) -> Problem:
+    """A Problem over ``family.space`` (or ``space``, a part of it: the same dimensions with some
+    choices left out, e.g. bits fixed at 32); ``data`` yields validation ``(x, y)`` batches.
 
     ``latency``: a ``LatencyModel``, ``"measure"``, or None (the family's saved ONNX Runtime
     batch-1 model if it has one; otherwise no ``latency_ms`` metric).
     """
-    space = family.space
+    space = _subspace(family.space, space)
     # the same batches for every sub-model: re-estimation is then deterministic, and cheaper
     calibration = list(islice(calibration if calibration is not None else data, bn_batches))
 
@@ -57,6 +58,18 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     if latency_metric is not None:
         metrics["latency_ms"] = latency_metric
     return Problem(space, metrics, objectives, constraints)
+
+
+def _subspace(full: Space, part: Space | None) -> Space:
+    if part is None:
+        return full
+    if part.names != full.names:
+        raise ValueError(f"space must have the family's dimensions {full.names}, got {part.names}")
+    for dim in part:
+        if not set(dim.choices) <= set(full[dim.name].choices):
+            raise ValueError(f"space: {dim.name} choices {list(dim.choices)} are not among the family's "
+                             f"{list(full[dim.name].choices)}")
+    return part
 
 
 def _latency(family, latency) -> Metric | None:

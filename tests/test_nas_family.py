@@ -1,0 +1,71 @@
+"""The standard problem over a family: error after batch-norm re-estimation, counts, latency, subspaces."""
+
+import random
+
+import pytest
+import torch
+
+import onefit
+from onefit.cost.latency_model import LatencyModel
+from onefit.data import digits, validation_split
+from onefit.nas import family_problem
+from onefit.space import Dimension, Space
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train_all, _ = digits(batch_size=64)
+    train_data, val = validation_split(train_all)
+    model = onefit.zoo.resnet(in_channels=1, widths=(8, 16), blocks=(2, 2), classes=10)
+    family = onefit.elasticize(model, (torch.randn(1, 1, 8, 8),))
+    onefit.train(family, train_data, onefit.SortedNetRecipe(), epochs=1, progress=False)
+    return family, train_data, val
+
+
+def test_error_is_that_of_the_extracted_sub_model_with_its_own_batch_norm(trained):
+    family, train_data, val = trained
+    batches = [next(iter(train_data)) for _ in range(4)]
+    problem = family_problem(family, val, calibration=batches, bn_batches=3)
+    arch = family.space.sample(random.Random(1))
+    trial = problem.evaluate(arch)
+    sub = onefit.recalibrate_bn(family.extract(arch), batches[:3], batches=3)
+    assert trial.values[0] == pytest.approx(1 - onefit.evaluate(sub, val) / 100)
+    assert problem.evaluate(arch).values == trial.values  # the same calibration batches every time
+    assert trial.metrics["params"] == onefit.count_params(family, arch)
+    assert trial.metrics["macs"] == onefit.count_macs(family, arch)
+    assert set(problem.cheap) == {"macs", "params"}
+
+
+def test_latency_from_a_latency_model_is_a_cheap_objective(trained):
+    family, _, val = trained
+    archs = [family.space.sample(random.Random(i)) for i in range(12)]
+    fake_ms = [1e-6 * onefit.count_macs(family, a) + 0.05 for a in archs]
+    model = LatencyModel.fit(family, archs, fake_ms, backend="onnxruntime", batch=1)
+    problem = family_problem(family, val, objectives=("error", "latency_ms"), latency=model,
+                             constraints={"latency_ms": 10.0})
+    assert problem.cheap == ("latency_ms",)
+    assert problem.compute(archs[0], ["latency_ms"])["latency_ms"] == pytest.approx(fake_ms[0], rel=0.05)
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['latency_ms'\]"):
+        family_problem(family, val, objectives=("error", "latency_ms"))  # no model: say what exists
+
+
+def test_measured_latency_runs_the_sub_model_on_onnx_runtime(trained):
+    family, _, val = trained
+    problem = family_problem(family, val, objectives=("error", "latency_ms"), latency="measure")
+    trial = problem.evaluate(family.space.min())
+    assert not trial.failed and 0 < trial.metrics["latency_ms"] < 100
+    assert problem.cheap == ()
+
+
+def test_a_subspace_fixes_choices_and_is_checked(trained):
+    family, _, val = trained
+    first = family.space.names[0]
+    part = Space([Dimension(d.name, d.kind, d.choices[-1:]) if d.name == first else d for d in family.space])
+    problem = family_problem(family, val, space=part)
+    assert problem.space[first].choices == (family.space[first].choices[-1],)
+    wrong = Space([Dimension(d.name, d.kind, (999,)) if d.name == first else d for d in family.space])
+    with pytest.raises(ValueError, match=f"{first} choices \\[999\\] are not among the family's"):
+        family_problem(family, val, space=wrong)
+    with pytest.raises(ValueError, match="space must have the family's dimensions"):
+        family_problem(family, val, space=Space([Dimension("x", "width", (1, 2))]))
