@@ -41,6 +41,15 @@ def test_a_constraint_nothing_satisfies_is_refused_up_front():
         toy_problem(constraints={"size": 0.1})
 
 
+def test_an_expensive_constraint_nothing_meets_ends_in_a_warning_and_an_empty_front():
+    problem = toy_problem()
+    strict = Problem(problem.space, problem.metrics, problem.objectives, constraints={"loss": 1e-6})
+    with pytest.warns(UserWarning, match=r"none of the 10 archs evaluated satisfies the constraints \{'loss': 1e-06\}"):
+        front = search(strict, RandomSearch(seed=0), budget=10, progress=False)
+    with pytest.raises(ValueError, match="the front is empty"):
+        front.best()
+
+
 def test_unknown_objective_names_what_exists():
     with pytest.raises(ValueError, match=r"unknown metric\(s\) \['latency_ms'\]; this problem has \['loss', 'size'\]"):
         Problem(toy_problem().space, toy_problem().metrics, ("loss", "latency_ms"))

@@ -54,7 +54,8 @@ def environment() -> dict:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int):
+def torch_threads(threads: int):
+    """Run the block with ``threads`` intra-op threads, then restore the previous count."""
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -110,7 +111,7 @@ def measure_latency(
     threads = threads or torch.get_num_threads()
     examples = example if isinstance(example, tuple) else (example,)
     times = []
-    with _torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         run = _runner(target, examples, backend, threads)
         for _ in range(warmup):
             run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 from onefit.progress import progress_bar
@@ -57,7 +58,12 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
             trials.append(trial)
             bar.update(task, advance=1)
             _stop_if_all_failed(trials)
-    return Front(trials, problem.objectives)
+    front = Front(trials, problem.objectives)
+    if not front.trials and any(not t.failed for t in trials):
+        closest = min((t for t in trials if not t.failed), key=lambda t: t.violation)
+        warnings.warn(f"none of the {len(trials)} archs evaluated satisfies the constraints {problem.constraints}; "
+                      f"the closest has {({n: closest.metrics[n] for n in problem.constraints})}", stacklevel=2)
+    return front
 
 
 def _stop_if_all_failed(trials, first: int = 5) -> None:

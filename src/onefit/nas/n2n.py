@@ -25,6 +25,7 @@ import math
 import torch
 from torch import nn
 
+from onefit.cost.latency import torch_threads
 from onefit.nas.base import Searcher, Trial, failed_values
 from onefit.space import KINDS, Arch, Space
 
@@ -149,7 +150,8 @@ class N2NSearch(Searcher):
 
     def _propose(self, w: float) -> tuple[Arch, torch.Tensor]:
         with torch.no_grad():  # draw every retry at once: one forward pass, same generator use each ask
-            drawn, _ = self._policy(torch.full((self.retries,), math.log(w)), generator=self._generator)
+            with torch_threads(1):  # a policy this small only loses to thread hand-offs
+                drawn, _ = self._policy(torch.full((self.retries,), math.log(w)), generator=self._generator)
         candidates = [(self._arch(a), a) for a in drawn]  # drawn [retries, D]
         fresh = [c for c in candidates if self.space.key(c[0]) not in self._seen]
         for arch, actions in fresh:
@@ -225,9 +227,10 @@ class N2NSearch(Searcher):
             advantages.append(r - b)
             self._baseline[w] = self.decay * b + (1.0 - self.decay) * r
         # log-probs under the current policy: asks made before the last update are slightly off-policy
-        _, logp = self._policy(logw, actions=actions)
-        loss = -(torch.tensor(advantages) * logp).mean()
-        self._optimizer.zero_grad()
-        loss.backward()
-        self._optimizer.step()
+        with torch_threads(1):
+            _, logp = self._policy(logw, actions=actions)
+            loss = -(torch.tensor(advantages) * logp).mean()
+            self._optimizer.zero_grad()
+            loss.backward()
+            self._optimizer.step()
         self._done.clear()
