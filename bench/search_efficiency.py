@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import onefit
-from onefit.cost.latency import environment
+from onefit.cost.latency import environment, torch_threads
 from onefit.data import digits, validation_split
 from onefit.nas import SEARCHERS, Front, Metric, Problem, family_problem, search
 from onefit.train import SortedNetConfig, SortedNetRecipe, train, train_plain
@@ -182,11 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget, 2 seeds, 1 epoch")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.quick:
-        result = run(budget=12, seeds=[0], epochs=(1, 1), searchers=list(SEARCHERS), max_error=1.0,
-                     widths=(8, 16), blocks=(1, 1))
-    else:
-        result = run(budget=200, seeds=[0, 1, 2, 3, 4], epochs=(10, 20), searchers=list(SEARCHERS))
+    settings = (dict(budget=12, seeds=[0], epochs=(1, 1), max_error=1.0, widths=(8, 16), blocks=(1, 1)) if args.quick
+                else dict(budget=200, seeds=[0, 1, 2, 3, 4], epochs=(10, 20)))
+    with torch_threads(1):  # small convolutions: threads only add hand-offs on a shared 2-core machine
+        result = run(searchers=list(SEARCHERS), **settings)
     summary = summarize(result)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python bench/search_efficiency.py" + (" --quick" if args.quick else "")
