@@ -1,7 +1,8 @@
 """How many evaluations each searcher needs: hypervolume against evaluations, 5 seeds each.
 
-On the digits ResNet family (pre-trained 10 epochs, then 20 epochs of SortedNet on the training
-split minus a validation split), every searcher minimises validation error x MACs x params:
+On the digits ResNet family, and with ``--task mnist5k`` on a ResNet for the 28x28 MNIST images
+(each pre-trained 10 epochs, then 20 epochs of SortedNet on the training split minus a
+validation split), every searcher minimises validation error x MACs x params:
 random search, NSGA-II, predictor-assisted (LINAS-style), N2N reinforcement learning and
 DeepArchitect's MCTS, each with a budget of 200 distinct sub-models, seeds 0-4. Evaluations are
 deterministic (batch norm re-estimated on the same 10 training batches), so a sub-model measured
@@ -13,6 +14,7 @@ Hypervolume: each objective scaled to [0, 1] between an ideal and a reference po
 than 10 % error counts for nothing.
 
     python bench/search_efficiency.py            # full run, writes bench/results/
+    python bench/search_efficiency.py --task mnist5k
     python bench/search_efficiency.py --quick    # a smoke run (used by the tests)
 """
 
@@ -28,7 +30,7 @@ import torch
 
 import onefit
 from onefit.cost.latency import environment, torch_threads
-from onefit.data import digits, validation_split
+from onefit.data import digits, mnist5k, validation_split
 from onefit.nas import SEARCHERS, Front, Metric, Problem, family_problem, search
 from onefit.train import SortedNetConfig, SortedNetRecipe, train, train_plain
 
@@ -36,13 +38,17 @@ RESULTS = Path(__file__).parent / "results"
 OBJECTIVES = ("error", "macs", "params")
 
 
+TASKS = {"digits": digits, "mnist5k": mnist5k}
+MODELS = {"digits": dict(widths=(32, 64), blocks=(3, 3)), "mnist5k": dict(widths=(16, 32), blocks=(2, 2), stem_stride=2)}
+
+
 def trained_family(epochs: tuple[int, int], seed: int = 0, config: onefit.ElasticConfig | None = None,
-                   widths=(32, 64), blocks=(3, 3)):
-    """The demo's family: ResNet (32, 64) x (3, 3) on digits, trained without the validation split."""
+                   task: str = "digits", **model):
+    """A ResNet family (the demo's on digits) trained without the validation split."""
     torch.manual_seed(seed)
-    train_all, test = digits(batch_size=64, seed=seed)
+    train_all, test = TASKS[task](batch_size=64, seed=seed)
     train_data, val = validation_split(train_all, seed=seed)
-    model = onefit.zoo.resnet(in_channels=1, widths=widths, blocks=blocks, classes=10)
+    model = onefit.zoo.resnet(in_channels=1, classes=10, **(model or MODELS[task]))
     train_plain(model, train_data, epochs[0], progress=False)
     family = onefit.sort_(onefit.elasticize(model, (next(iter(test))[0][:1],), config))
     optimizer = torch.optim.Adam(family.parameters(), lr=3e-3)
@@ -84,9 +90,9 @@ def first_reaching(hv: list[float], checkpoints: list[int], target: float) -> in
 
 
 def run(budget: int, seeds: list[int], epochs: tuple[int, int], searchers: list[str], max_error: float = 0.1,
-        **model) -> dict:
+        task: str = "digits", **model) -> dict:
     started = time.perf_counter()
-    family, train_data, val, _ = trained_family(epochs, **model)
+    family, train_data, val, _ = trained_family(epochs, task=task, **model)
     problem = memoized(family_problem(family, val, calibration=train_data, objectives=OBJECTIVES))
     ideal, reference = box(problem, max_error)
     checkpoints = sorted({*range(10, budget + 1, 10), budget})
@@ -102,7 +108,7 @@ def run(budget: int, seeds: list[int], epochs: tuple[int, int], searchers: list[
                 "values": [t.values for t in front.evaluated]})  # in evaluation order, None if failed
             print(f"{name:7s} seed {seed}: hypervolume {runs[name][-1]['hypervolume'][-1]:.4f} "
                   f"({runs[name][-1]['seconds']} s)", flush=True)
-    return {"checkpoints": checkpoints, "ideal": ideal, "reference": reference, "runs": runs,
+    return {"task": task, "checkpoints": checkpoints, "ideal": ideal, "reference": reference, "runs": runs,
             "space_size": family.space.size, "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -139,7 +145,7 @@ def plot(result: dict, summary: dict, path: Path) -> None:
         line, = ax.plot(x, summary["median_hypervolume"][name], label=name)
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     ax.set(xlabel="evaluations", ylabel="hypervolume (error x MACs x params)",
-           title="digits ResNet family: median and range over seeds")
+           title=f"{result['task']} ResNet family: median and range over seeds")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
@@ -151,8 +157,8 @@ def markdown(result: dict, summary: dict, command: str) -> str:
     x = result["checkpoints"]
     shown = [n for n in (10, 25, 50, 100, 150, 200) if n in x]
     lines = [
-        "# Search efficiency", "",
-        f"`{command}` on {env['cpu']}, torch {env['torch']}; digits ResNet family "
+        f"# Search efficiency: {result['task']}", "",
+        f"`{command}` on {env['cpu']}, torch {env['torch']}; {result['task']} ResNet family "
         f"({result['space_size']:,} sub-models), objectives validation error x MACs x params, "
         f"{len(next(iter(result['runs'].values())))} seeds; took {result['seconds'] / 60:.0f} min.", "",
         "Median hypervolume over seeds (min-max in brackets) after n evaluations:", "",
@@ -173,25 +179,33 @@ def markdown(result: dict, summary: dict, command: str) -> str:
                   f"predictor-assisted at 50: **{at_50}**",
                   f"- evaluations the predictor-assisted searcher needs to reach it, per seed: {t['linas_evaluations_to_reach']}"
                   f" (median **{t['median_evaluations_to_reach']}**; target <= 50: {'met' if met else 'missed'})"]
-    lines += ["", "![hypervolume against evaluations](search_efficiency.png)", ""]
+    lines += ["", f"![hypervolume against evaluations]({name(result['task'])}.png)", ""]
     return "\n".join(lines)
+
+
+def name(task: str) -> str:
+    return "search_efficiency" if task == "digits" else f"search_efficiency_{task}"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget, 2 seeds, 1 epoch")
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     settings = (dict(budget=12, seeds=[0], epochs=(1, 1), max_error=1.0, widths=(8, 16), blocks=(1, 1)) if args.quick
                 else dict(budget=200, seeds=[0, 1, 2, 3, 4], epochs=(10, 20)))
+    settings["task"] = args.task
     with torch_threads(1):  # small convolutions: threads only add hand-offs on a shared 2-core machine
         result = run(searchers=list(SEARCHERS), **settings)
     summary = summarize(result)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/search_efficiency.py" + (" --quick" if args.quick else "")
-    (args.out / "search_efficiency.json").write_text(json.dumps({**result, **summary, "command": command}, indent=1))
-    plot(result, summary, args.out / "search_efficiency.png")
-    (args.out / "search_efficiency.md").write_text(markdown(result, summary, command))
+    command = "python bench/search_efficiency.py" + (" --quick" if args.quick else "") + \
+        (f" --task {args.task}" if args.task != "digits" else "")
+    stem = args.out / name(args.task)
+    stem.with_suffix(".json").write_text(json.dumps({**result, **summary, "command": command}, indent=1))
+    plot(result, summary, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(markdown(result, summary, command))
     print(markdown(result, summary, command))
     return {**result, **summary}
 
