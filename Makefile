@@ -23,6 +23,11 @@ bench: $(STAMP)
 	$(PY) bench/nested_vs_individual.py
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
+	$(PY) bench/search_efficiency.py
+	$(PY) bench/search_efficiency.py --task mnist5k
+	$(PY) bench/joint_precision.py
+	$(PY) bench/lowrank.py
+	$(PY) bench/quantized_distillation.py
 
 clean:
 	rm -rf .venv runs .pytest_cache

@@ -40,3 +40,24 @@ def test_search_benchmarks_quick_runs_write_json_markdown_and_plot(tmp_path):
     joint = joint_precision.main(["--quick", "--out", str(tmp_path)])
     assert joint["runs"][0]["compared"] >= 1
     assert "joint smaller at equal error" in (tmp_path / "joint_precision.md").read_text()
+
+
+def test_quantized_distillation_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    import quantized_distillation
+
+    result = quantized_distillation.main(["--quick", "--out", str(tmp_path)])
+    rows = result["runs"][0]["rows"]
+    assert [r["bits"] for r in rows] == [2, 8] and all(0 <= r[m] <= 100 for r in rows for m in ("ptq", "qat", "qd", "dq"))
+    assert rows[0]["bytes"] < rows[1]["bytes"] < result["runs"][0]["full_bytes"]
+    assert "| quantized distillation |" in (tmp_path / "quantized_distillation.md").read_text()
+
+
+def test_lowrank_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    import lowrank
+
+    result = lowrank.main(["--quick", "--out", str(tmp_path)])
+    rows = result["runs"][0]["rows"]
+    assert [r["rank"] for r in rows] == ["12.5%", "25.0%", "≤ 1/3 MACs"]
+    assert rows[0]["macs"] < rows[1]["macs"] and rows[-1]["macs"] <= result["runs"][0]["dense_macs"] / 3
+    assert all(0 <= r[m] <= 100 for r in rows for m in lowrank.METHODS)
+    assert "| SVD truncation | ordered rank | TRP |" in (tmp_path / "lowrank.md").read_text()

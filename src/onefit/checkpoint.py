@@ -158,8 +158,10 @@ def restore_(family, directory):
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    if family.space != Space.from_json(manifest["space"]):
+    saved = Space.from_json(manifest["space"])
+    if family.space != saved and not _ranks_shrunk(family.space, saved):
         raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
+    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
     weights = _read_tensors(directory, manifest["weights"])
     expected = family.module.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -175,6 +177,14 @@ def restore_(family, directory):
     family.source, family.history = manifest.get("source"), manifest.get("history", [])
     family.latency_models = {k: LatencyModel.from_json(v) for k, v in manifest.get("latency_models", {}).items()}
     return family
+
+
+def _ranks_shrunk(rebuilt, saved) -> bool:
+    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped below their full rank."""
+    if rebuilt.names != saved.names:
+        return False
+    return all(a == b or (a.kind == b.kind == "rank" and b.choices[-1] <= a.choices[-1])
+               for a, b in zip(rebuilt, saved))
 
 
 def load_training_state(directory, optimizer: torch.optim.Optimizer) -> dict:

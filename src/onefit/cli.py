@@ -51,6 +51,7 @@ def inspect_command(
     input_shape: str = typer.Option("1,1,8,8", help="shape of one example input, comma separated"),
     kwargs: str = typer.Option("{}", help="keyword arguments for the function, as JSON"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    bits: str = typer.Option("", help="weight bit-widths offered to every Linear and conv, e.g. 2,4,8 (32 is always one)"),
 ) -> None:
     """What onefit can shrink in a model, what stays whole and why, before any training."""
     import json
@@ -64,7 +65,8 @@ def inspect_command(
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
         built = _import(model)(**json.loads(kwargs))
-        report = onefit.inspect(built, (torch.randn(*shape),))
+        config = onefit.ElasticConfig(bits=tuple(int(b) for b in bits.split(","))) if bits else None
+        report = onefit.inspect(built, (torch.randn(*shape),), config)
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
@@ -72,17 +74,20 @@ def inspect_command(
         typer.echo(json.dumps(report.to_json(), indent=1))
         return
     table = Table(title=f"{model}: coverage")
-    for col in ("layer", "type", "params", "input width", "output width", "depth"):
+    with_bits = any(layer.bits for layer in report.layers)
+    for col in ("layer", "type", "params", "input width", "output width", "depth") + ("bits",) * with_bits:
         table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
     for layer in report.layers:
         style = None if layer.elastic else "dim"
         table.add_row(layer.name, layer.type, f"{layer.params:,}", layer.width_in, layer.width_out, layer.depth,
-                      style=style)
+                      *(layer.bits,) * with_bits, style=style)
     console = Console()
     console.print(table)
     console.print(f"{report.space_size:,} sub-models over {len(report.dimensions)} dimensions, "
                   f"{report.params_min:,} to {report.params_max:,} params; "
                   f"{report.coverage:.1%} of parameters in elastic layers; the smallest drops {report.reducible:.1%}")
+    if with_bits:
+        console.print(f"weights take {report.weight_bytes_min:,} to {report.weight_bytes_max:,} bytes")
 
 
 def _load_data(run: Path):

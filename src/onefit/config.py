@@ -18,11 +18,11 @@ from typing import Mapping, Sequence
 from onefit.elastic.quant import BITS, FULL, check_bits
 
 
-def _fractions(values, where: str) -> tuple[float, ...]:
+def _fractions(values, where: str, what: str = "width") -> tuple[float, ...]:
     fractions = tuple(float(f) for f in values)
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if not fractions or bad:
-        raise ValueError(f"{where}: width fractions must lie in (0, 1], got {list(fractions)}")
+        raise ValueError(f"{where}: {what} fractions must lie in (0, 1], got {list(fractions)}")
     return fractions
 
 
@@ -53,6 +53,12 @@ class ElasticConfig:
     activation_bits: None quantizes weights only; a bit-width (2 to 8) also fake-quantizes the
     input of every layer whose weights run below 32 bits, per tensor over a calibrated range
     (``onefit.elastic.quant.calibrate_``).
+    rank: fractions of the full rank min(out, in * kernel) of every Linear and plain convolution,
+    each factorized as U V (``onefit.elastic.lowrank``) with its own ``rank:<layer>`` dimension; the
+    full rank is always a choice; a layer whose smallest rank saves no parameters stays dense (the
+    reason is in ``onefit.inspect``); None: no rank dimensions.
+    rank_layers: overrides as ``{pattern: fractions}``, first match wins; ``(1.0,)`` keeps a layer
+    dense, and an override gives a layer a rank dimension even when ``rank`` is None.
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -62,6 +68,8 @@ class ElasticConfig:
     bits: tuple[int, ...] | None = None
     bits_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
     activation_bits: int | None = None
+    rank: tuple[float, ...] | None = None
+    rank_layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))
@@ -79,6 +87,10 @@ class ElasticConfig:
         overrides = tuple((str(p), _bits(b, f"ElasticConfig.bits_layers[{p!r}]"))
                           for p, b in _pairs(self.bits_layers))
         object.__setattr__(self, "bits_layers", overrides)
+        if self.rank is not None:
+            object.__setattr__(self, "rank", _fractions(self.rank, "ElasticConfig.rank", "rank"))
+        ranks = tuple((str(p), _fractions(f, f"ElasticConfig.rank_layers[{p!r}]", "rank")) for p, f in _pairs(self.rank_layers))
+        object.__setattr__(self, "rank_layers", ranks)
         if self.activation_bits is not None:
             self._check_activation_bits()
 
@@ -118,10 +130,19 @@ class ElasticConfig:
                 return bits
         return self.bits or (FULL,)
 
+    def rank_choices(self, layer: str, full_rank: int) -> tuple[int, ...] | None:
+        """Ranks of ``layer`` (its first matching override, else ``rank``), always with the full rank;
+        None when neither applies (the layer stays dense)."""
+        fractions = next((f for pattern, f in self.rank_layers if fnmatchcase(layer, pattern)), self.rank)
+        if fractions is None:
+            return None
+        return tuple(sorted({max(1, round(f * full_rank)) for f in fractions} | {full_rank}))
+
     def check_patterns(self, names: Sequence[str], quantizable: Sequence[str] = ()) -> None:
         """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing);
         ``bits_layers`` patterns must match one of the ``quantizable`` layers."""
-        for field, pairs, layers in (("layers", self.layers, names), ("bits_layers", self.bits_layers, quantizable)):
+        for field, pairs, layers in (("layers", self.layers, names), ("bits_layers", self.bits_layers, quantizable),
+                                     ("rank_layers", self.rank_layers, names)):
             for pattern, _ in pairs:
                 if not any(fnmatchcase(n, pattern) for n in layers):
                     raise ValueError(f"ElasticConfig.{field}: pattern {pattern!r} matches no layer; layers are "

@@ -27,6 +27,7 @@ class LayerCoverage:
     depth: str  # the depth dimension it can be skipped by, or ""
     elastic: bool
     bits: str = ""  # its bits dimension and choices, e.g. "bits:fc1 (4, 8, 32)", or ""
+    rank: str = ""  # its rank dimension and choices, e.g. "rank:fc1 (16, 32, 64)", why it stays dense, or ""
 
 
 @dataclass
@@ -55,10 +56,11 @@ class Coverage:
 
     def to_markdown(self) -> str:
         bits = any(layer.bits for layer in self.layers)  # the column shows only when bits are configured
-        lines = ["| layer | type | params | input width | output width | depth |" + " bits |" * bits,
-                 "|---|---|---:|---|---|---|" + "---|" * bits]
+        rank = any(layer.rank for layer in self.layers)  # likewise rank
+        lines = ["| layer | type | params | input width | output width | depth |" + " bits |" * bits + " rank |" * rank,
+                 "|---|---|---:|---|---|---|" + "---|" * bits + "---|" * rank]
         lines += [f"| {l.name} | {l.type} | {l.params:,} | {l.width_in} | {l.width_out} | {l.depth} |"
-                  + f" {l.bits} |" * bits for l in self.layers]
+                  + f" {l.bits} |" * bits + f" {l.rank} |" * rank for l in self.layers]
         lines.append(f"\n{self.space_size:,} sub-models, {self.params_min:,} to {self.params_max:,} params; "
                      f"{self.coverage:.1%} of parameters in elastic layers; the smallest drops {self.reducible:.1%}.")
         if bits:
@@ -84,6 +86,8 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
     stages = {s.name: s.dim_name for s in family.plan.stages if s.dim_name in family.space.names}
     rows = []
     for name, module in family.module.named_modules():
+        if name in family.factorized:  # the dense layer's parameters, not the full-rank factors'
+            module = model.get_submodule(name)
         own = sum(p.numel() for p in module.parameters(recurse=False))
         if not own:
             continue
@@ -98,8 +102,11 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
         w_out, e_out = _describe(family, layer.out_group, "fixed")
         bits = f"bits:{name}" if f"bits:{name}" in family.space.names else ""
         bits = bits and f"{bits} {family.space[bits].choices}"
+        rank = f"rank:{name}" if f"rank:{name}" in family.space.names else ""
+        rank = f"{rank} {family.space[rank].choices}" if rank else family.rank_notes.get(name, "")
         rows.append(LayerCoverage(name, _type_name(model, name), own, w_in, w_out, depth,
-                                  e_in or e_out or bool(depth) or bool(bits), bits))
+                                  e_in or e_out or bool(depth) or bool(bits) or name in family.factorized, bits,
+                                  rank))
     smallest, largest = costs(family, family.space.min()), costs(family, family.space.max())
     return Coverage(rows, {d.name: list(d.choices) for d in family.space}, family.space.size, smallest["params"],
                     largest["params"], smallest["weight_bytes"], largest["weight_bytes"])

@@ -24,6 +24,7 @@ from torch import nn
 
 from onefit.config import ElasticConfig
 from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
+from onefit.elastic.lowrank import factorize_
 from onefit.elastic.quant import ActivationQuantizer, quantize_plain
 from onefit.elastic.registry import elastic_type_for
 from onefit.graph import Plan, analyze
@@ -45,6 +46,11 @@ class Family(nn.Module):
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
+        # Layers factorized as U V with a ``rank:<layer name>`` dimension; the others a rank setting
+        # names stay dense, and ``rank_notes`` says why (onefit.inspect shows it). Factorized layers
+        # keep full precision: they have no bits dimension.
+        self.rank_notes = factorize_(module, plan, config.rank_choices)
+        self.factorized = [n for n in plan.layers if hasattr(module.get_submodule(n), "rank_choices")]
         # Layers that can take a bits dimension: ``bits:<layer name>``.
         self.quantizable = [layer.name for layer in plan.layers.values() if layer.kind in QUANTIZABLE
                             and hasattr(module.get_submodule(layer.name), "active_bits")]
@@ -56,6 +62,7 @@ class Family(nn.Module):
         ]
         dims += [Dimension(s.dim_name, "depth", config.depth_choices(s.min_depth, s.blocks)) for s in plan.stages]
         dims += [Dimension(f"bits:{name}", "bits", config.bits_choices(name)) for name in self.quantizable]
+        dims += [Dimension(f"rank:{n}", "rank", module.get_submodule(n).rank_choices) for n in self.factorized]
         self.space = Space([d for d in dims if len(d.choices) > 1])
         if config.activation_bits is not None:
             self._add_input_quantizers(config.activation_bits)
@@ -79,9 +86,16 @@ class Family(nn.Module):
     def depths(self, arch: Mapping[str, Any]) -> dict[str, int]:
         return {s.name: arch.get(s.dim_name, s.blocks) for s in self.plan.stages}
 
+    def ranks(self, arch: Mapping[str, Any]) -> dict[str, int]:
+        """Rank of every factorized layer with a rank dimension in ``arch``."""
+        return {name: arch[f"rank:{name}"] for name in self.factorized if f"rank:{name}" in arch}
+
     def bits(self, arch: Mapping[str, Any]) -> dict[str, int]:
-        """Weight bit-width of every layer with a bits dimension in ``arch``; the others run at 32."""
-        return {name: arch[f"bits:{name}"] for name in self.quantizable if f"bits:{name}" in arch}
+        """Weight bit-width of every layer with a bits dimension in ``arch``; the others run at 32.
+        Layers in blocks that ``arch`` skips are left out: they are not in the sub-model."""
+        skipped = self.skipped(self.space.complete(arch)) if self.plan.stages else ()
+        return {name: arch[f"bits:{name}"] for name in self.quantizable
+                if f"bits:{name}" in arch and not f"{name}.".startswith(skipped)}
 
     def _assignments(self, arch: Arch) -> list[tuple[nn.Module, str, Any]]:
         """(module, attribute, value) settings that make the family compute ``arch``."""
@@ -93,6 +107,7 @@ class Family(nn.Module):
         settings += [(self.module.get_submodule(layer.name), "in_index", self.input_index(layer, widths))
                      for layer in self.plan.layers.values() if layer.in_segments]
         settings += [(self.module.get_submodule(name), "active_bits", b) for name, b in self.bits(arch).items()]
+        settings += [(self.module.get_submodule(name), "active_rank", r) for name, r in self.ranks(arch).items()]
         return settings
 
     @staticmethod
@@ -151,6 +166,8 @@ class Family(nn.Module):
         arch = self.space.complete(arch)
         sub, skipped = copy.deepcopy(self.module), self.skipped(arch)
         widths, bits = self.widths(arch), self.bits(arch)
+        for name, rank in self.ranks(arch).items():  # on the copy: its factorized layers extract at the arch's rank
+            sub.get_submodule(name).active_rank = rank
         for name, (n_in, n_out) in self.layer_sizes(arch).items():
             layer, plan = sub.get_submodule(name), self.plan.layers[name]
             if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):

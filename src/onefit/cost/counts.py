@@ -9,6 +9,9 @@ keeps whole count their full parameters and no MACs. Parameters held directly by
 ``weight_bytes`` stores a parameter in 4 bytes, except the weights of a layer running at b < 32
 bits: b/8 bytes each, packed (a layer's weights rounded up to whole bytes), plus one fp32 scale
 per output channel. Activation ranges (two numbers a layer) are left out.
+
+A factorized layer at rank r counts ``r (in k + out)`` weights (+ bias) and that times its output
+positions in MACs, or the dense layer's where that is cheaper (``onefit.elastic.lowrank``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import math
 from typing import Any, Mapping
 
 from torch import nn
+
+from onefit.elastic.lowrank import lowrank_cost
 
 
 def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: int) -> tuple[int, int]:
@@ -61,6 +66,7 @@ def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
     bytes its parameters take at the arch's bit-width."""
     arch = family.space.complete(arch)
     sizes, skipped, bits = family.layer_sizes(arch), family.skipped(arch), family.bits(arch)
+    ranks = family.ranks(arch)
     rows = []
     for name, layer in family.plan.layers.items():
         if f"{name}.".startswith(skipped):
@@ -68,7 +74,10 @@ def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
         n_in, n_out = sizes[name]
         positions = (layer.positions, layer.in_positions) if layer.kind == "mha" else layer.positions
         module = family.module.get_submodule(name)
-        p, m = _layer_cost(module, layer.kind, n_in, n_out, positions)
+        if name in ranks:  # a factorized layer: two factors of the arch's rank, or dense where cheaper
+            p, m = lowrank_cost(module, n_in, n_out, ranks[name], positions)
+        else:
+            p, m = _layer_cost(module, layer.kind, n_in, n_out, positions)
         rows.append({"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
                      "elements": layer.in_positions * n_in + layer.positions * n_out,
                      "bytes": _param_bytes(module, p, n_out, bits.get(name, 32))})

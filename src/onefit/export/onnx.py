@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -133,6 +133,7 @@ def export(
     exporter: str = "auto",
     atol: float = 1e-4,
     min_cosine: float | None = None,
+    bits: Mapping[str, int] | None = None,
 ) -> ExportReport:
     """Export ``module`` to ``path`` as one ONNX file, verified against PyTorch.
 
@@ -140,11 +141,18 @@ def export(
     convolutions, dynamic quantization for Linear-only models. Parity: fp32 must match within
     ``atol`` (relative to the output scale) and cosine 0.99999; int8 must reach ``min_cosine``
     (default 0.98). ``eval_data`` of ``(x, y)`` batches adds the accuracy change to the report.
+
+    bits: the bit-width of each layer of a quantized sub-model (``family.bits(arch)``; a layer left
+    out runs at 32). With ``quantize="int8"`` only the 8-bit layers become int8 (QDQ) and the
+    32-bit ones stay fp32; a layer below 8 bits is refused, since ONNX Runtime has no sub-8-bit
+    kernels. Without ``quantize`` the file holds fp32 values that carry the quantized levels.
     """
-    from onefit.export.quantize import quantize_int8
+    from onefit.export.quantize import excluded_nodes, quantize_int8
 
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if quantize == "int8" and bits is not None:
+        _check_int8_bits(bits)
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     if not isinstance(module, nn.Module):
@@ -157,7 +165,8 @@ def export(
     model_bytes, used = _export_fp32(module, examples, exporter)
     method = "fp32"
     if quantize == "int8":
-        model_bytes, method = quantize_int8(model_bytes, examples, calibration)
+        exclude = () if bits is None else excluded_nodes(model_bytes, bits)
+        model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude)
     try:
         session = _session(model_bytes)
     except Exception as err:
@@ -176,6 +185,18 @@ def export(
         report.accuracy = _accuracy_change(module, session, eval_data)
     _write_atomic(path, model_bytes)
     return report
+
+
+def _check_int8_bits(bits: Mapping[str, int]) -> None:
+    """int8 kernels run 8-bit layers; refuse layers below 8 bits rather than silently round them to 8."""
+    from onefit.elastic.quant import check_bits
+
+    low = {name: b for name, b in bits.items() if check_bits(b, f"bits[{name!r}]") < 8}
+    if low:
+        raise ValueError(
+            f"quantize='int8' cannot run layers below 8 bits {low}: ONNX Runtime has no sub-8-bit integer "
+            "kernels. Export with quantize=None (fp32 values holding the low-bit levels, as fast as fp32), "
+            "use onefit.export.packed.pack for their packed size, or choose 8 bits for these layers")
 
 
 def _accuracy_change(module: nn.Module, session, data: Iterable) -> dict:

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,8 +44,38 @@ def _quiet_root_logger():
         logging.disable(logging.NOTSET)
 
 
-def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None) -> tuple[bytes, str]:
-    """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic")."""
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _module_name(node_name: str) -> str:
+    """The PyTorch module a torchscript-exported node came from: "/stages/stages.0/stages.0.0/conv1/Conv"
+    -> "stages.0.0.conv1" (a scope is a container's full name, or a child's attribute name)."""
+    name = ""
+    for scope in node_name.strip("/").split("/")[:-1]:
+        name = scope if not name or scope.startswith(name + ".") else f"{name}.{scope}"
+    return name
+
+
+def excluded_nodes(model_bytes: bytes, bits: Mapping[str, int]) -> list[str]:
+    """The Conv / Gemm / MatMul nodes of layers that ``bits`` leaves at 32 bits (absent means 32),
+    which int8 quantization must leave in fp32. Raises if a layer of ``bits`` has no node."""
+    import onnx
+
+    from onefit.export.onnx import ExportError
+
+    nodes = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in LAYER_OPS]
+    found = {_module_name(n) for n in nodes}
+    missing = sorted(set(bits) - found)
+    if missing:
+        raise ExportError(f"cannot find the ONNX nodes of layers {missing} (found {sorted(found)[:8]}); "
+                          "export with exporter='torchscript', whose node names follow the module names")
+    return [n for n in nodes if bits.get(_module_name(n), 32) != 8]
+
+
+def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None,
+                  exclude: Sequence[str] = ()) -> tuple[bytes, str]:
+    """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic"); the nodes
+    named in ``exclude`` stay in fp32."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
@@ -72,8 +102,10 @@ def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | N
                     return next(self.items, None)
 
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude))
             return dst.read_bytes(), "static-qdq"
         # Per-channel weight scales: on MiniLM, embedding cosine to fp32 goes from ~0.94 to ~0.98+.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=list(exclude))
         return dst.read_bytes(), "dynamic"
