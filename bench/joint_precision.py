@@ -29,7 +29,7 @@ from pathlib import Path
 
 import onefit
 from onefit.cost.latency import environment, torch_threads
-from onefit.nas import Front, PredictorSearch, family_problem, search
+from onefit.nas import Front, PredictorSearch, Trial, family_problem, search
 from onefit.space import Dimension, Space
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,16 +48,25 @@ def all_bits(arch: dict, bits: int) -> dict:
 
 
 def compare(joint: Front, sequential: Front) -> list[dict]:
-    """Per sequential-front arch: the smallest joint arch with no more error, and the size ratio."""
+    """Per distinct point of the sequential front (archs that differ only where it does not matter,
+    e.g. the width of a skipped block, count once): the smallest joint arch with no more error,
+    and the size ratio."""
     rows = []
-    for t in sorted(sequential, key=lambda t: t.values):
-        error, size = t.values
+    for error, size in sorted({tuple(t.values) for t in sequential}):
         fits = [j for j in joint if j.values[0] <= error]
         best = min(fits, key=lambda j: j.values[1]) if fits else None
         rows.append({"error": error, "bytes": size, "joint_error": best.values[0] if best else None,
                      "joint_bytes": best.values[1] if best else None,
                      "ratio": best.values[1] / size if best else None})
     return rows
+
+
+def summarize_run(seed: int, joint: Front, int8: Front, hypervolume: dict) -> dict:
+    rows = compare(joint, int8)
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    return {"seed": seed, "rows": rows, "hypervolume": hypervolume, "dominated": sum(r < 1 for r in ratios),
+            "compared": len(rows), "median_ratio": statistics.median(ratios) if ratios else None,
+            "joint_front": [t.to_json() for t in joint], "int8_front": [t.to_json() for t in int8]}
 
 
 def run(budget: int, seeds: list[int], epochs: tuple[int, int], max_error: float = 0.1, **model) -> dict:
@@ -75,16 +84,10 @@ def run(budget: int, seeds: list[int], epochs: tuple[int, int], max_error: float
         joint = search(problem, PredictorSearch(seed=seed), budget=budget, progress=False)
         fp_front = search(fp_problem, PredictorSearch(seed=seed), budget=budget, progress=False)
         int8 = Front([problem.evaluate(all_bits(t.arch, 8)) for t in fp_front], OBJECTIVES)
-        rows = compare(joint, int8)
-        ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
-        runs.append({"seed": seed, "rows": rows,
-                     "hypervolume": {"joint": joint.hypervolume(reference, ideal),
-                                     "sequential_fp32": fp_front.hypervolume(reference, ideal),
-                                     "sequential_int8": int8.hypervolume(reference, ideal)},
-                     "dominated": sum(r < 1 for r in ratios), "compared": len(rows),
-                     "median_ratio": statistics.median(ratios) if ratios else None,
-                     "joint_front": [t.to_json() for t in joint], "int8_front": [t.to_json() for t in int8]})
-        print(f"seed {seed}: joint smaller at equal error on {runs[-1]['dominated']}/{len(rows)} points, "
+        runs.append(summarize_run(seed, joint, int8, {"joint": joint.hypervolume(reference, ideal),
+                                                      "sequential_fp32": fp_front.hypervolume(reference, ideal),
+                                                      "sequential_int8": int8.hypervolume(reference, ideal)}))
+        print(f"seed {seed}: joint smaller at equal error on {runs[-1]['dominated']}/{runs[-1]['compared']} points, "
               f"median size ratio {runs[-1]['median_ratio']}", flush=True)
     return {"runs": runs, "ideal": ideal, "reference": reference, "budget": budget, "space_size": family.space.size,
             "dimensions": len(family.space), "seconds": round(time.perf_counter() - started, 1)}
@@ -107,7 +110,7 @@ def markdown(result: dict, command: str) -> str:
         lines.append(f"| {r['seed']} | {hv['joint']:.4f} | {hv['sequential_fp32']:.4f} | {hv['sequential_int8']:.4f} "
                      f"| {r['dominated']} / {r['compared']} | {ratio} |")
     first = result["runs"][0]
-    lines += ["", f"Seed {first['seed']}, per arch of the sequential 8-bit front:", "",
+    lines += ["", f"Seed {first['seed']}, per distinct point of the sequential 8-bit front:", "",
               "| 8-bit error | 8-bit KiB | joint error | joint KiB | ratio |", "|---:|---:|---:|---:|---:|"]
     for row in first["rows"]:
         if row["ratio"] is None:
@@ -118,7 +121,7 @@ def markdown(result: dict, command: str) -> str:
     dominated = sum(r["dominated"] for r in result["runs"])
     compared = sum(r["compared"] for r in result["runs"])
     lines += ["", f"- the joint front is smaller at equal or lower error on **{dominated} of {compared}** points of "
-              f"the sequential 8-bit fronts (target: all; {'met' if dominated == compared else 'missed'})", ""]
+              f"the sequential 8-bit fronts, distinct points (target: all; {'met' if dominated == compared else 'missed'})", ""]
     return "\n".join(lines)
 
 
@@ -126,12 +129,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget, 1 seed, 1 epoch")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--from-json", type=Path, help="re-render from a saved JSON (its fronts), no run")
     args = parser.parse_args(argv)
     settings = (dict(budget=12, seeds=[0], epochs=(1, 1), max_error=1.0, widths=(8, 16), blocks=(1, 1)) if args.quick
                 else dict(budget=200, seeds=[0, 1, 2], epochs=(10, 20)))
-    with torch_threads(1):  # small convolutions: threads only add hand-offs on a shared 2-core machine
-        result = run(**settings)
-    command = "python bench/joint_precision.py" + (" --quick" if args.quick else "")
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        front = lambda trials: Front([Trial.from_json(t) for t in trials], OBJECTIVES)  # noqa: E731
+        result["runs"] = [summarize_run(r["seed"], front(r["joint_front"]), front(r["int8_front"]), r["hypervolume"])
+                          for r in result["runs"]]
+    else:
+        with torch_threads(1):  # small convolutions: threads only add hand-offs on a shared 2-core machine
+            result = run(**settings)
+    command = result.get("command") or "python bench/joint_precision.py" + (" --quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "joint_precision.json").write_text(json.dumps({**result, "command": command}, indent=1))
     (args.out / "joint_precision.md").write_text(markdown(result, command))

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import onefit
-from onefit.cost.latency import environment
+from onefit.cost.latency import environment, torch_threads
 from onefit.data import digits, mnist5k
 from onefit.train import OrderedRankConfig, OrderedRankRecipe, TRPConfig, TRPRecipe, evaluate, train_plain
 
@@ -172,7 +172,6 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    torch.set_num_threads(1)  # the machine is shared; one thread per process avoids over-subscription
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -180,18 +179,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tune-epochs", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 seed, 2 rank points, mlp-digits only")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default="lowrank", help="file names of the results (to keep runs of other tasks)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.epochs, args.tune_epochs = ["mlp-digits"], [0], 1, 1
-    runs = [run_task(t, s, args.epochs, args.tune_epochs, args.quick) for t in args.tasks for s in args.seeds]
+    with torch_threads(1):  # the machine is shared; one thread per process avoids over-subscription
+        runs = [run_task(t, s, args.epochs, args.tune_epochs, args.quick) for t in args.tasks for s in args.seeds]
     env = environment()
     result = {"command": "python bench/lowrank.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{env['cpu']} ({env['cores']} cores, 1 thread), torch {env['torch']}",
               "environment": env, "epochs": args.epochs, "tune_epochs": args.tune_epochs, "seeds": args.seeds,
               "runs": runs, "summary": summarize(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "lowrank.json").write_text(json.dumps(result, indent=1))
-    (args.out / "lowrank.md").write_text(markdown(result))
+    (args.out / f"{args.stem}.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"{args.stem}.md").write_text(markdown(result))
     print(markdown(result))
     return result
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import onefit
-from onefit.cost.latency import environment
+from onefit.cost.latency import environment, torch_threads
 from onefit.data import digits, mnist5k
 from onefit.elastic.diffquant import bake_, points_bytes
 from onefit.train import evaluate, recalibrate_bn, train_plain
@@ -179,7 +179,6 @@ def write(result: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    torch.set_num_threads(1)  # the machine is shared; one thread per run keeps timings honest
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -189,11 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.bits = ["digits"], [0], [2, 8]
-    runs = [run_task(task, seed, tuple(args.bits), args.quick) for task in args.tasks for seed in args.seeds]
+    with torch_threads(1):  # the machine is shared; one thread per run keeps timings honest
+        runs = [run_task(task, seed, tuple(args.bits), args.quick) for task in args.tasks for seed in args.seeds]
     result = {
         "command": "python bench/quantized_distillation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": environment(),
-        "threads": torch.get_num_threads(),
+        "threads": 1,
         "seeds": args.seeds,
         "runs": runs,
         "summary": summarize(runs),
