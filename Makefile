@@ -26,7 +26,8 @@ bench: $(STAMP)
 	$(PY) bench/search_efficiency.py
 	$(PY) bench/search_efficiency.py --task mnist5k
 	$(PY) bench/joint_precision.py
-	$(PY) bench/lowrank.py
+	$(PY) bench/lowrank.py --tasks mlp-digits mlp-mnist cnn-digits --epochs 10 --tune-epochs 5
+	$(PY) bench/lowrank.py --tasks cnn-mnist --epochs 10 --tune-epochs 5 --stem lowrank_cnn_mnist
 	$(PY) bench/quantized_distillation.py
 
 clean:
