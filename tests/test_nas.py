@@ -179,3 +179,13 @@ def test_predictor_search_reaches_the_full_front_of_a_smooth_problem_faster_than
     hv = {s: [search(problem, s(seed=k), budget=60, progress=False).hypervolume(reference) for k in range(3)]
           for s in (RandomSearch, PredictorSearch)}
     assert min(hv[PredictorSearch]) > max(hv[RandomSearch])
+
+
+def test_a_searcher_stuck_on_measured_archs_stops_with_a_warning():
+    class Stuck(RandomSearch):
+        def ask(self):
+            return self.space.max()
+
+    with pytest.warns(UserWarning, match="Stuck kept proposing archs already evaluated; stopped after 1 of 5"):
+        front = search(toy_problem(), Stuck(seed=0), budget=5, progress=False)
+    assert len(front.evaluated) == 1

@@ -58,6 +58,9 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
             trials.append(trial)
             bar.update(task, advance=1)
             _stop_if_all_failed(trials)
+    if repeats >= 10 * budget:
+        warnings.warn(f"{type(searcher).__name__} kept proposing archs already evaluated; stopped after "
+                      f"{len(done)} of {budget} evaluations", stacklevel=2)
     front = Front(trials, problem.objectives)
     if not front.trials and any(not t.failed for t in trials):
         closest = min((t for t in trials if not t.failed), key=lambda t: t.violation)
