@@ -13,6 +13,7 @@ import pytest
 
 from onefit.nas import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
                            StudyError, search)
+from onefit.nas.linas import PREDICTORS
 from onefit.nas.problem import toy_problem
 from onefit.space import Dimension, Space
 
@@ -125,6 +126,7 @@ def test_a_storage_that_cannot_be_opened():
 SLOW_SEARCH = """
 import sys, time
 from onefit.nas import search, Problem, PredictorSearch
+from onefit.nas.linas import PREDICTORS
 from onefit.nas.problem import toy_problem
 from onefit.space import Space, Dimension
 
@@ -170,15 +172,18 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     assert len({str(sorted(t.arch.items())) for t in final}) == 40
 
 
-def test_predictor_search_reaches_the_full_front_of_a_smooth_problem_faster_than_random():
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_predictor_search_reaches_the_full_front_of_a_smooth_problem_faster_than_random(predictor):
     space = Space([Dimension(f"d{i}", "width", (1, 2, 3, 4)) for i in range(6)])
     weights = (1, 2, 3, 4, 5, 6)
     problem = Problem(space, {"error": lambda a: 1.0 / sum(w * v for w, v in zip(weights, a.values())),
                               "size": Metric(lambda a: float(sum(a.values())), cheap=True)}, ("error", "size"))
     reference = {"error": 1 / 21 * 1.1, "size": 26.0}
-    hv = {s: [search(problem, s(seed=k), budget=60, progress=False).hypervolume(reference) for k in range(3)]
-          for s in (RandomSearch, PredictorSearch)}
-    assert min(hv[PredictorSearch]) > max(hv[RandomSearch])
+    searchers = {"random": lambda seed: RandomSearch(seed=seed),
+                 predictor: lambda seed: PredictorSearch(seed=seed, predictor=predictor)}
+    hv = {name: [search(problem, make(k), budget=60, progress=False).hypervolume(reference) for k in range(3)]
+          for name, make in searchers.items()}
+    assert min(hv[predictor]) > max(hv["random"])
 
 
 def test_a_searcher_stuck_on_measured_archs_stops_with_a_warning():

@@ -39,7 +39,7 @@ def make_predictor(kind: str, seed: int):
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 2, 12)))
     if kind == "forest":
         return RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=seed)
-    return make_pipeline(StandardScaler(), MLPRegressor((32, 32), max_iter=2000, random_state=seed))
+    return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32, 32), max_iter=2000, random_state=seed))
 
 
 class PredictorSearch(NSGA2Search):
