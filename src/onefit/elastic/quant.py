@@ -38,21 +38,34 @@ def check_bits(bits: int, where: str = "bits") -> int:
     return int(bits)
 
 
-def weight_scale(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
-    """One scale per output channel (along ``axis``), broadcastable against ``weight``."""
-    qmax = 2 ** (check_bits(bits) - 1) - 1
+def _qmax(bits: int) -> int:
+    """The largest level of symmetric ``bits``-bit weights (``bits`` already checked)."""
+    return 2 ** (bits - 1) - 1
+
+
+def _scale(weight: torch.Tensor, qmax: int, axis: int) -> torch.Tensor:
     others = [d for d in range(weight.dim()) if d != axis % weight.dim()]
     amax = weight.detach().abs().amax(dim=others, keepdim=True)
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))  # an all-zero channel stays zero
+
+
+def _quantize(weight: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
+    """``quantize_values`` for a checked ``bits`` below 32."""
+    qmax = _qmax(bits)
+    scale = _scale(weight, qmax, axis)
+    return torch.round(weight.detach() / scale).clamp(-qmax, qmax) * scale
+
+
+def weight_scale(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+    """One scale per output channel (along ``axis``), broadcastable against ``weight``."""
+    return _scale(weight, _qmax(check_bits(bits)), axis)
 
 
 def quantize_values(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
     """The quantized weight, with no gradient: what an extracted layer holds."""
     if check_bits(bits) == FULL:
         return weight.detach()
-    qmax = 2 ** (bits - 1) - 1
-    scale = weight_scale(weight, bits, axis)
-    return torch.round(weight.detach() / scale).clamp(-qmax, qmax) * scale
+    return _quantize(weight, bits, axis)
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int | None, axis: int = 0) -> torch.Tensor:
@@ -60,7 +73,7 @@ def fake_quantize_weight(weight: torch.Tensor, bits: int | None, axis: int = 0) 
     if bits is None or check_bits(bits) == FULL:
         return weight
     # weight - weight.detach() is exactly 0 forward and carries the gradient 1 backward.
-    return quantize_values(weight, bits, axis) + (weight - weight.detach())
+    return _quantize(weight, bits, axis) + (weight - weight.detach())
 
 
 class ActivationQuantizer(nn.Module):
@@ -69,23 +82,30 @@ class ActivationQuantizer(nn.Module):
     The range is the running min and max seen while ``observing`` is True, widened to hold 0 so
     that zero (padding, a ReLU's output) is exact; ``scale = (max - min) / (2^b - 1)`` and the
     zero point is ``round(-min / scale)``. The range is a buffer, so it is saved with the family.
+    Whether a range was observed is also kept as a Python flag (set while observing and when a
+    state dict is loaded), so a forward pass does not read the buffers back from the device.
     """
 
     def __init__(self, bits: int, layer: str = ""):
         super().__init__()
         if check_bits(bits, "activation_bits") == FULL:
             raise ValueError(f"activation_bits: {FULL} means no quantization; use None")
-        self.bits, self.layer, self.observing = bits, layer, False
+        self.bits, self.layer, self.observing, self._observed = bits, layer, False, False
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
     @property
     def observed(self) -> bool:
-        return bool(self.min_val <= self.max_val)
+        return self._observed
 
     def reset(self) -> None:
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
+        self._observed = False
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._observed = bool(self.min_val <= self.max_val)  # once per load, not per forward
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero point) as the tensors ``torch.fake_quantize_per_tensor_affine`` takes."""
@@ -104,6 +124,7 @@ class ActivationQuantizer(nn.Module):
             with torch.no_grad():
                 torch.minimum(self.min_val, x.min().to(self.min_val), out=self.min_val)
                 torch.maximum(self.max_val, x.max().to(self.max_val), out=self.max_val)
+            self._observed = True
         if not quantize:
             return x
         scale, zero_point = self.qparams()
@@ -127,6 +148,9 @@ def fake_quantize(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, axis:
     return x, fake_quantize_weight(weight, layer.active_bits, axis) if quantized else weight
 
 
+WRAPPED = "layer"  # the attribute under which _QuantizedInput holds its layer (ONNX scopes end in it)
+
+
 class _QuantizedInput(nn.Module):
     """A plain layer behind fixed activation fake quantization; traced to plain torch, then thrown away."""
 
@@ -138,6 +162,17 @@ class _QuantizedInput(nn.Module):
 
     def forward(self, x):
         return self.layer(torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, self.quant_max))
+
+
+def weight_layer(module: nn.Module) -> nn.Module:
+    """The layer that holds ``module``'s weight: ``module`` itself, or, for a layer that an extracted
+    sub-model runs behind its input quantization (``ElasticConfig(activation_bits=...)``), the plain
+    layer inside that wrapper. The wrapper is traced, so it is known by its parts, not its class."""
+    inner = getattr(module, WRAPPED, None)
+    if isinstance(module, (_QuantizedInput, fx.GraphModule)) and isinstance(inner, nn.Module) \
+            and hasattr(module, "zero_point") and not hasattr(module, "weight"):
+        return inner
+    return module
 
 
 def quantize_plain(plain: nn.Module, elastic: nn.Module, bits: int) -> nn.Module:

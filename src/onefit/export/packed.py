@@ -1,5 +1,8 @@
 """Low-bit weights packed to their real size: b bits per weight, one fp32 scale per output channel.
 
+The output channels lie along dimension 0 of a weight, except in transformers' ``Conv1D`` (GPT-2),
+whose weight is (in, out): its scales are per column (``axis=1``), as ``onefit.elastic.quant`` bakes them.
+
 ONNX Runtime and PyTorch on CPU have no kernels below 8 bits, so a 2-, 3- or 4-bit layer runs as
 fp32 values holding its quantized levels; what it saves is storage. ``pack`` gives that storage
 for an extracted sub-model (its baked uniform levels ``k * scale``, ``|k| <= 2^(b-1) - 1``, see
@@ -25,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onefit.elastic.quant import FULL, check_bits
+from onefit.elastic.quant import FULL, check_bits, weight_layer
 
 
 @dataclass
@@ -35,6 +38,7 @@ class PackedLayer:
     codes: bytes  # offset-binary codes k + qmax, b bits each, packed big-endian into bytes
     scales: np.ndarray  # (out,) float32
     bias: np.ndarray | None  # float32, as it is
+    axis: int = 0  # the weight's output-channel dimension: one scale per index along it
 
     @property
     def nbytes(self) -> int:
@@ -45,8 +49,9 @@ class PackedLayer:
         count = int(np.prod(self.shape))
         bits = np.unpackbits(np.frombuffer(self.codes, np.uint8))[: count * self.bits].reshape(count, self.bits)
         codes = (bits.astype(np.int64) << np.arange(self.bits - 1, -1, -1)).sum(1) - qmax
-        levels = torch.from_numpy(codes.reshape(self.shape[0], -1)).float()
-        return (levels * torch.from_numpy(self.scales)[:, None]).reshape(self.shape)
+        moved = (self.shape[self.axis],) + tuple(n for d, n in enumerate(self.shape) if d != self.axis)
+        levels = torch.from_numpy(codes.reshape(moved[0], -1)).float()  # (out, everything else)
+        return (levels * torch.from_numpy(self.scales)[:, None]).reshape(moved).movedim(0, self.axis)
 
 
 @dataclass
@@ -58,12 +63,14 @@ class PackedWeights:
         return sum(layer.nbytes for layer in self.layers.values())
 
 
-def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> PackedLayer:
-    """Pack a weight that holds uniform ``bits``-bit levels per output channel (as extraction bakes them)."""
+def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, bits: int, axis: int = 0) -> PackedLayer:
+    """Pack a weight that holds uniform ``bits``-bit levels per output channel, the channels along
+    ``axis`` (as extraction bakes them)."""
     if check_bits(bits) == FULL:
         raise ValueError("pack: a 32-bit layer has nothing to pack")
     qmax = 2 ** (bits - 1) - 1
-    flat = weight.detach().float().flatten(1)  # (out, in * kernel)
+    axis %= weight.dim()
+    flat = weight.detach().float().cpu().movedim(axis, 0).flatten(1)  # (out, in * kernel)
     amax = flat.abs().amax(1)
     scales = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
     codes = torch.round(flat / scales[:, None])
@@ -73,7 +80,12 @@ def pack_layer(weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> Pa
     bit_rows = (offset[:, None] >> np.arange(bits - 1, -1, -1)) & 1  # (count, bits), most significant first
     return PackedLayer(bits, tuple(weight.shape), np.packbits(bit_rows.astype(np.uint8)).tobytes(),
                        scales.numpy().astype(np.float32),
-                       None if bias is None else bias.detach().float().numpy())
+                       None if bias is None else bias.detach().float().cpu().numpy(), axis)
+
+
+def _out_axis(layer: nn.Module) -> int:
+    """transformers' Conv1D stores its weight (in, out); every other layer (out, in, ...)."""
+    return 1 if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf") else 0
 
 
 def pack(module: nn.Module, bits: Mapping[str, int]) -> PackedWeights:
@@ -81,8 +93,8 @@ def pack(module: nn.Module, bits: Mapping[str, int]) -> PackedWeights:
     layers = {}
     for name, b in bits.items():
         if b < FULL:
-            layer = module.get_submodule(name)
-            layers[name] = pack_layer(layer.weight, getattr(layer, "bias", None), b)
+            layer = weight_layer(module.get_submodule(name))
+            layers[name] = pack_layer(layer.weight, getattr(layer, "bias", None), b, _out_axis(layer))
     return PackedWeights(layers)
 
 
@@ -90,7 +102,7 @@ def pack(module: nn.Module, bits: Mapping[str, int]) -> PackedWeights:
 def unpack_(module: nn.Module, packed: PackedWeights) -> nn.Module:
     """Write the packed weights and biases back into ``module``'s layers (in place)."""
     for name, layer in packed.layers.items():
-        target = module.get_submodule(name)
+        target = weight_layer(module.get_submodule(name))
         target.weight.copy_(layer.weight())
         if layer.bias is not None:
             target.bias.copy_(torch.from_numpy(layer.bias))

@@ -17,6 +17,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from onefit.elastic.quant import WRAPPED
+
 MAX_CALIBRATION_BATCHES = 32
 
 
@@ -56,6 +58,16 @@ def _module_name(node_name: str) -> str:
     return name
 
 
+def _layer_name(node_name: str, layers: Mapping[str, int]) -> str:
+    """The layer of ``layers`` a node belongs to, seeing through the wrapper that runs a layer behind
+    its input quantization (``onefit.elastic.quant.weight_layer``): "/1/layer/Gemm" -> "1"."""
+    name = _module_name(node_name)
+    suffix = "." + WRAPPED
+    if name not in layers and name.endswith(suffix) and name[: -len(suffix)] in layers:
+        return name[: -len(suffix)]
+    return name
+
+
 def excluded_nodes(model_bytes: bytes, bits: Mapping[str, int]) -> list[str]:
     """The Conv / Gemm / MatMul nodes of layers that ``bits`` leaves at 32 bits (absent means 32),
     which int8 quantization must leave in fp32. Raises if a layer of ``bits`` has no node."""
@@ -64,12 +76,13 @@ def excluded_nodes(model_bytes: bytes, bits: Mapping[str, int]) -> list[str]:
     from onefit.export.onnx import ExportError
 
     nodes = [n.name for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in LAYER_OPS]
-    found = {_module_name(n) for n in nodes}
-    missing = sorted(set(bits) - found)
+    layers = {n: _layer_name(n, bits) for n in nodes}
+    missing = sorted(set(bits) - set(layers.values()))
     if missing:
-        raise ExportError(f"cannot find the ONNX nodes of layers {missing} (found {sorted(found)[:8]}); "
-                          "export with exporter='torchscript', whose node names follow the module names")
-    return [n for n in nodes if bits.get(_module_name(n), 32) != 8]
+        raise ExportError(f"cannot find the ONNX nodes of layers {missing} (found {sorted(set(layers.values()))[:8]}): "
+                          "the names in bits must be the exported module's layer names, and node names follow "
+                          "them only with exporter='torchscript' (what exporter='auto' tries first)")
+    return [n for n in nodes if bits.get(layers[n], 32) != 8]
 
 
 def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None,
