@@ -45,6 +45,13 @@ def _import(spec: str):
         raise ValueError(f"cannot import {spec!r}: {err}") from err
 
 
+def _parse_bits(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bits: comma-separated integers, got {text!r}") from None
+
+
 @app.command("inspect")
 def inspect_command(
     model: str = typer.Argument(..., help="module:function that returns the model, e.g. onefit.zoo:resnet"),
@@ -65,7 +72,7 @@ def inspect_command(
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
         built = _import(model)(**json.loads(kwargs))
-        config = onefit.ElasticConfig(bits=tuple(int(b) for b in bits.split(","))) if bits else None
+        config = onefit.ElasticConfig(bits=_parse_bits(bits)) if bits else None
         report = onefit.inspect(built, (torch.randn(*shape),), config)
     except (ValueError, TypeError, json.JSONDecodeError) as err:
         typer.echo(f"error: {err}", err=True)

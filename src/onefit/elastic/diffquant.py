@@ -15,7 +15,9 @@ Unlike the symmetric uniform grid of ``onefit.elastic.quant`` (2^b - 1 levels), 
 are used, so 2 bits give four levels, not three. Size: b bits per weight, 2^b fp32 points per
 layer and one fp32 scale per output channel (``points_bytes``).
 
-It works on any module with Linear / convolution layers. For a family's sub-model, extract it at
+It works on any module with Linear / Conv1d / Conv2d layers or transformers' ``Conv1D`` (GPT-2's
+linear layer, whose weight is (in, out), so its channels and scales run along dimension 1).
+For a family's sub-model, extract it at
 full precision and pass the arch's bit-widths: ``differentiable_quantize_(family.extract({**arch,
 **{k: 32 for k in arch if k.startswith("bits:")}}), bits=family.bits(arch))``. ``bake_`` then leaves
 a plain module whose weights hold the quantized values.
@@ -39,42 +41,60 @@ from torch.nn.utils import parametrize
 
 from onefit.elastic.quant import FULL, check_bits
 
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)  # and transformers' Conv1D, known by name (see out_axis)
 
 
-def channel_scale(weight: torch.Tensor) -> torch.Tensor:
-    """max |w| per output channel (dimension 0), broadcastable against ``weight``; 1 for an all-zero channel."""
-    amax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True)
+def out_axis(layer: nn.Module) -> int | None:
+    """The output-channel dimension of ``layer``'s weight: 0, 1 for transformers' Conv1D (weight
+    (in, out)), None for a layer this module cannot quantize."""
+    if isinstance(layer, LAYERS):
+        return 0
+    return 1 if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf") else None
+
+
+def channel_scale(weight: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """max |w| per output channel (along ``axis``), broadcastable against ``weight``; 1 for an all-zero channel."""
+    others = tuple(d for d in range(weight.dim()) if d != axis % weight.dim())
+    amax = weight.detach().abs().amax(dim=others, keepdim=True)
     return torch.where(amax > 0, amax, torch.ones_like(amax))
 
 
-def quantile_points(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """2^b sorted points at the quantiles (j + 1/2) / 2^b of the channel-scaled weights."""
+def quantile_points(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+    """2^b sorted points at the quantiles (j + 1/2) / 2^b of the channel-scaled weights, linearly
+    interpolated between the two nearest sorted weights as ``torch.quantile`` does (which itself
+    refuses tensors of more than 2^24 elements)."""
     levels = 2 ** check_bits(bits)
-    scaled = (weight.detach() / channel_scale(weight)).flatten().float()
-    return torch.quantile(scaled, (torch.arange(levels, dtype=torch.float32) + 0.5) / levels)
+    values = torch.sort((weight.detach() / channel_scale(weight, axis)).flatten().float()).values
+    ranks = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels * (len(values) - 1)
+    below = ranks.floor().long()
+    above = (below + 1).clamp(max=len(values) - 1)
+    return torch.lerp(values[below], values[above], (ranks - below).float().to(values.device))
 
 
 class PointQuantizer(nn.Module):
     """A parametrization of a layer's ``weight``: the weight as its nearest learned points."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, train_weights: bool = False):
+    def __init__(self, weight: torch.Tensor, bits: int, train_weights: bool = False, axis: int = 0):
         super().__init__()
         if check_bits(bits) == FULL:
             raise ValueError(f"differentiable quantization: bits must be below {FULL}, got {bits}")
-        self.bits, self.train_weights = bits, train_weights
-        self.points = nn.Parameter(quantile_points(weight, bits).to(weight.device, weight.dtype))
+        self.bits, self.train_weights, self.axis = bits, train_weights, axis
+        self.points = nn.Parameter(quantile_points(weight, bits, axis).to(weight.device, weight.dtype))
+
+    def _nearest(self, scaled: torch.Tensor) -> torch.Tensor:
+        middles = (self.points[1:] + self.points[:-1]).detach() / 2  # decision boundaries
+        return torch.bucketize(scaled.detach().contiguous(), middles)
 
     def codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Index of every weight's nearest point (the points must be sorted)."""
-        middles = (self.points[1:] + self.points[:-1]).detach() / 2  # decision boundaries
-        return torch.bucketize((weight.detach() / channel_scale(weight)).contiguous(), middles)
+        return self._nearest(weight / channel_scale(weight, self.axis))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        scale = channel_scale(weight)
-        values = self.points[self.codes(weight)]  # d values / d points: a scatter-add, eq. 5
+        scale = channel_scale(weight, self.axis)
+        scaled = weight / scale  # in [-1, 1]
+        values = self.points[self._nearest(scaled)]  # d values / d points: a scatter-add, eq. 5
         if self.train_weights:
-            values = values + (weight / scale - (weight / scale).detach())  # straight-through to w
+            values = values + (scaled - scaled.detach())  # straight-through to w
         return values * scale
 
 
@@ -83,17 +103,22 @@ def _bits_for(name: str, bits: int | Mapping[str, int]) -> int | None:
 
 
 def differentiable_quantize_(module: nn.Module, bits: int | Mapping[str, int], train_weights: bool = False) -> nn.Module:
-    """Give every Linear / Conv1d / Conv2d of ``module`` (or those named in ``bits``, a
-    ``{layer: bits}`` map such as ``family.bits(arch)``) learned points. In place; returns ``module``."""
+    """Give every Linear / Conv1d / Conv2d / transformers Conv1D of ``module`` (or those named in
+    ``bits``, a ``{layer: bits}`` map such as ``family.bits(arch)``) learned points. In place;
+    returns ``module``. A module that already has points is refused (``bake_`` it first)."""
+    if quantizers(module):
+        raise ValueError("differentiable quantization: the module already has learned points; bake_ it "
+                         "(or start from a copy without them) before quantizing it again")
     if isinstance(bits, Mapping):
-        unknown = sorted(set(bits) - {n for n, m in module.named_modules() if isinstance(m, LAYERS)})
+        unknown = sorted(set(bits) - {n for n, m in module.named_modules() if out_axis(m) is not None})
         if unknown:
             raise ValueError(f"differentiable quantization: no Linear or convolution called {unknown}")
     found = False
     for name, layer in list(module.named_modules()):
-        b = _bits_for(name, bits)
-        if isinstance(layer, LAYERS) and b is not None and check_bits(b) != FULL:
-            parametrize.register_parametrization(layer, "weight", PointQuantizer(layer.weight, b, train_weights))
+        b, axis = _bits_for(name, bits), out_axis(layer)
+        if axis is not None and b is not None and check_bits(b) != FULL:
+            quantizer = PointQuantizer(layer.weight, b, train_weights, axis)
+            parametrize.register_parametrization(layer, "weight", quantizer)
             found = True
     if not found:
         raise ValueError("differentiable quantization: no Linear or convolution layer to quantize below 32 bits")
@@ -126,13 +151,12 @@ def points_bytes(module: nn.Module) -> int:
     """Stored size of ``module``'s parameters: b bits per weight (packed, per layer rounded up to
     whole bytes), 2^b fp32 points and one fp32 scale per output channel for each layer with points;
     4 bytes for every other parameter (biases, norms, layers without points)."""
-    total, done = 0, set()
+    total, counted = 0, set()
     for layer in quantizers(module):
         q, weight = layer.parametrizations.weight[0], layer.parametrizations.weight.original
-        total += math.ceil(weight.numel() * q.bits / 8) + 4 * 2**q.bits + 4 * weight.shape[0]
-        done.add(id(weight))
-    return total + 4 * sum(p.numel() for p in module.parameters() if id(p) not in done
-                           and not any(p is pts for pts in point_parameters(module)))
+        total += math.ceil(weight.numel() * q.bits / 8) + 4 * 2**q.bits + 4 * weight.shape[q.axis]
+        counted |= {id(weight), id(q.points)}
+    return total + 4 * sum(p.numel() for p in module.parameters() if id(p) not in counted)
 
 
 def bake_(module: nn.Module) -> nn.Module:

@@ -55,13 +55,19 @@ class DifferentiableQuantizationRecipe:
         return {"recipe": "differentiable_quantization", "config": asdict(self.config)}
 
     def prepare_(self, module: nn.Module) -> torch.optim.Optimizer:
-        """Attach points to ``module`` (in place) and return an optimizer over what learns."""
+        """Attach points to ``module`` (in place) and return an optimizer over what learns: the
+        points, and with ``train_weights`` every other parameter too. Without it, nothing but the
+        points requires a gradient any more (biases and norms stay as they are, gathering no ``.grad``)."""
         cfg = self.config
         differentiable_quantize_(module, cfg.bits, cfg.train_weights)
-        params = point_parameters(module)
         if cfg.train_weights:
-            params = params + [p for p in module.parameters() if all(p is not q for q in params)]
-        return torch.optim.Adam(params, lr=cfg.lr)
+            return torch.optim.Adam(module.parameters(), lr=cfg.lr)  # the points are among them
+        points = point_parameters(module)
+        ids = {id(p) for p in points}
+        for p in module.parameters():
+            if id(p) not in ids:
+                p.requires_grad_(False)
+        return torch.optim.Adam(points, lr=cfg.lr)
 
     def step(self, module: nn.Module, batch, optimizer: torch.optim.Optimizer, teacher: nn.Module | None = None) -> dict:
         """One step on ``batch = (x, y)``: the quantized model's loss, its gradient on the points,
@@ -88,11 +94,15 @@ def learn_points(module: nn.Module, data: Iterable, config: DifferentiableQuanti
     they normalise are fixed. Returns ``module`` with its points; ``bake_`` makes it plain."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    try:
+        n = len(data)  # the cosine schedule needs the number of steps
+    except TypeError:
+        raise ValueError(f"learn_points: data must have a length (a list or a DataLoader over a sized dataset) "
+                         f"to schedule the learning rate; got {type(data).__name__} without one") from None
     recipe = DifferentiableQuantizationRecipe(config)
     optimizer = recipe.prepare_(module)
     # eval mode: batch norm uses its statistics rather than chasing each batch (the weights are fixed)
     module.train(config.train_weights)
-    n = len(data)
     with progress_bar(progress) as bar:
         task = bar.add_task("learning points", total=epochs * n)
         for epoch in range(epochs):

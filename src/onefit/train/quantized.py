@@ -74,15 +74,20 @@ class QuantizedDistillationRecipe:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)  # the loop saves and restores it with checkpoints
+        self._students: tuple[Space, list[Arch]] | None = None  # the last space asked for, and its students
 
     def describe(self) -> dict:
         return {"recipe": "quantized_distillation", "config": asdict(self.config)}
 
     def students(self, space: Space) -> list[Arch]:
-        """The archs this recipe trains: one per uniform bit policy, then the explicit ones."""
-        if not any(d.kind == "bits" for d in space):
-            raise ValueError("quantized distillation needs bits dimensions: elasticize with ElasticConfig(bits=...)")
-        return [uniform_bits(space, b) for b in self.config.bits] + [space.complete(a) for a in self.config.archs]
+        """The archs this recipe trains: one per uniform bit policy, then the explicit ones. They are
+        fixed for a space, so they are worked out once per space (the same object) and reused."""
+        if self._students is None or self._students[0] is not space:
+            if not any(d.kind == "bits" for d in space):
+                raise ValueError("quantized distillation needs bits dimensions: elasticize with ElasticConfig(bits=...)")
+            archs = [uniform_bits(space, b) for b in self.config.bits] + [space.complete(a) for a in self.config.archs]
+            self._students = (space, archs)
+        return [dict(a) for a in self._students[1]]  # copies: a caller may change them
 
     def _soft_targets(self, family, x, y, teacher, n: int) -> tuple[torch.Tensor | None, float | None]:
         """The teacher's logits (detached) and, for an in-place teacher, its label loss (backpropagated)."""

@@ -1,4 +1,12 @@
-"""Which sub-models a training step visits."""
+"""Which sub-models a training step visits.
+
+>>> from onefit.space import Dimension, Space
+>>> space = Space([Dimension("width:fc", "width", (8, 16)), Dimension("bits:fc", "bits", (4, 8, 32))])
+>>> uniform_bits(space, 8)
+{'width:fc': 16, 'bits:fc': 8}
+>>> uniform_bits(space, 3, {"width:fc": 8, "bits:fc": 32})  # no 3-bit choice: the nearest above
+{'width:fc': 8, 'bits:fc': 4}
+"""
 
 from __future__ import annotations
 
@@ -16,7 +24,12 @@ def uniform_bits(space: Space, bits: int, arch: Arch | None = None) -> Arch:
     arch = dict(space.max() if arch is None else arch)
     for dim in space:
         if dim.kind == "bits":
-            arch[dim.name] = next((b for b in dim.choices if b >= bits), dim.choices[-1])
+            # A family's bits dimensions all offer 32, so a choice at or above ``bits`` exists; a
+            # hand-made space may lack one, and then lowering the layer would break the promise above.
+            above = [b for b in dim.choices if b >= bits]  # choices are increasing: the first is the nearest
+            if not above:
+                raise ValueError(f"uniform_bits: {dim.name} offers no bit-width >= {bits} (choices {dim.choices})")
+            arch[dim.name] = above[0]
     return arch
 
 
@@ -41,11 +54,11 @@ class SandwichSampler:
             raise ValueError(f"SandwichSampler.bit_policy: {self.bit_policy!r} is not one of {BIT_POLICIES}")
 
     def __call__(self, space: Space, rng: random.Random) -> list[Arch]:
-        return [space.max(), space.min()] + [self._random(space, rng) for _ in range(self.n_random)]
-
-    def _random(self, space: Space, rng: random.Random) -> Arch:
-        arch = space.sample(rng)
         levels = sorted({b for dim in space if dim.kind == "bits" for b in dim.choices})
+        return [space.max(), space.min()] + [self._random(space, rng, levels) for _ in range(self.n_random)]
+
+    def _random(self, space: Space, rng: random.Random, levels: list[int]) -> Arch:
+        arch = space.sample(rng)
         if self.bit_policy == "uniform" and levels:
             arch = uniform_bits(space, rng.choice(levels), arch)
         return arch
