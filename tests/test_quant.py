@@ -208,3 +208,46 @@ def test_inspect_shows_bits_choices():
     assert first.bits == "bits:1 (4, 32)"
     assert "| bits |" in report.to_markdown() and report.weight_bytes_min < report.weight_bytes_max / 4
     assert "| bits |" not in onefit.inspect(onefit.zoo.mlp(hidden=32, layers=2), (torch.randn(2, 1, 8, 8),)).to_markdown()
+
+
+def test_a_calibrated_forward_does_not_read_the_range_back_and_loading_restores_the_flag():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    quantizer, x = quant.ActivationQuantizer(8, "fc"), torch.randn(16)
+    with pytest.raises(CalibrationError, match="'fc'"):
+        quantizer(x)
+    quantizer.observing = True
+    quantizer(x)
+    quantizer.observing = False
+    with Ops() as ops:
+        quantizer(x)
+    assert ops.seen and not [op for op in ops.seen if "local_scalar_dense" in op]  # no host sync (.item, bool)
+    fresh = quant.ActivationQuantizer(8, "fc")
+    fresh.load_state_dict(quantizer.state_dict())
+    assert fresh.observed and torch.equal(fresh(x), quantizer(x))
+    fresh.reset()
+    with pytest.raises(CalibrationError):
+        fresh(x)
+    fresh.load_state_dict(quant.ActivationQuantizer(8).state_dict())  # an uncalibrated range stays refused
+    assert not fresh.observed
+
+
+def test_weight_layer_sees_through_the_input_quantization_wrapper():
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 8, 8)
+    config = onefit.ElasticConfig(bits=(4,), activation_bits=8)
+    family = calibrate_(onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=2), (x,), config).eval(), [x])
+    sub = family.extract(family.space.min())
+    wrapped = sub.get_submodule("1")
+    assert not hasattr(wrapped, "weight") and type(quant.weight_layer(wrapped)) is nn.Linear
+    plain = family.extract(family.space.max()).get_submodule("1")  # full precision: no wrapper
+    assert quant.weight_layer(plain) is plain

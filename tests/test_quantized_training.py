@@ -12,6 +12,7 @@ import onefit
 from onefit.data import digits
 from onefit.elastic import diffquant
 from onefit.elastic.diffquant import bake_, differentiable_quantize_, point_parameters, points_bytes, quantizers
+from onefit.elastic.quant import calibrate_, quantize_values, weight_layer
 from onefit.export import packed
 from onefit.train import quantized, sampler
 from onefit.train import diffquant as diffquant_training
@@ -40,7 +41,7 @@ def trained():
 @pytest.mark.parametrize("module", [quantized, diffquant, diffquant_training, packed, sampler])
 def test_the_module_examples_run(module):
     result = doctest.testmod(module)
-    assert result.failed == 0
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_the_sandwich_teacher_is_full_precision_and_the_smallest_lowest_bits():
@@ -222,3 +223,171 @@ def test_the_inspect_command_shows_bits_and_refuses_a_bad_bit_width():
     assert "bits" in table and "weights take 4,336 to 344,104 bytes" in table
     bad = runner.invoke(app, ["inspect", "onefit.zoo:mlp", "--bits", "5"])
     assert bad.exit_code == 2 and "bit-width must be one of (2, 3, 4, 8, 32), got 5" in bad.output
+
+
+def test_uniform_bits_refuses_a_space_with_no_bit_width_high_enough():
+    from onefit.space import Dimension, Space
+
+    space = Space([Dimension("bits:fc", "bits", (2, 4))])
+    assert uniform_bits(space, 3) == {"bits:fc": 4}
+    with pytest.raises(ValueError, match=r"bits:fc offers no bit-width >= 8 \(choices \(2, 4\)\)"):
+        uniform_bits(space, 8)
+
+
+def test_the_students_are_worked_out_once_per_space(monkeypatch):
+    calls = []
+    monkeypatch.setattr(quantized, "uniform_bits", lambda *a: calls.append(a) or uniform_bits(*a))
+    family = bits_family()
+    recipe = QuantizedDistillationRecipe(QuantizedDistillationConfig(bits=(2, 4), teacher="none"))
+    optimizer = torch.optim.SGD(family.parameters(), lr=0.1)
+    for _ in range(2):
+        recipe.step(family, (X, Y), optimizer)
+    assert len(calls) == 2
+    students = recipe.students(family.space)
+    assert [set(family.bits(a).values()) for a in students] == [{2}, {4}]
+    students[0].clear()  # the caller's copy; the recipe's stays whole
+    assert recipe.students(family.space)[0] and len(calls) == 2
+    other = bits_family(bits=(2, 4), width=(1.0,), depth=False)
+    assert recipe.students(other.space)[0] == uniform_bits(other.space, 2) and len(calls) == 4
+
+
+def activation_bits_family(bits=(4, 8)):
+    torch.manual_seed(0)
+    family = bits_family(onefit.zoo.plain_cnn(widths=(8, 16)), bits=bits, activation_bits=8).eval()
+    return calibrate_(family, [X])
+
+
+def test_packing_sees_through_the_input_quantization_of_activation_bits():
+    family = activation_bits_family(bits=(4,))
+    arch = {**family.space.sample(random.Random(0)), **{k: 4 for k in family.space.names if k.startswith("bits:")}}
+    sub = family.extract(arch).eval()
+    weights = packed.pack(sub, family.bits(arch))
+    assert set(weights.layers) == set(family.bits(arch))
+    target = family.extract(arch).eval()
+    with torch.no_grad():
+        for name in weights.layers:
+            weight_layer(target.get_submodule(name)).weight.zero_()
+        rebuilt = packed.unpack_(target, weights)
+        assert torch.allclose(rebuilt(X), sub(X), atol=1e-5)
+
+
+def test_int8_export_finds_the_layers_of_a_family_with_activation_bits(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    family = activation_bits_family()
+    arch = uniform_bits(family.space, 8)
+    sub = family.extract(arch)
+    mixed = {**family.bits(arch), "4": 32}  # the head stays fp32
+    report = onefit.export(sub, tmp_path / "q8.onnx", (X[:4],), quantize="int8", calibration=[X], bits=mixed)
+    assert report.method == "static-qdq"
+    graph = onnx.load(str(tmp_path / "q8.onnx")).graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    assert gemm.name.endswith("/layer/Gemm") and gemm.input[1] in {i.name for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(n.input[1] not in {i.name for i in graph.initializer} for n in convs)  # int8 (QDQ)
+
+
+def test_pack_layer_takes_the_output_axis():
+    torch.manual_seed(0)
+    weight = quantize_values(torch.randn(6, 5), 3, axis=1)  # (in, out): one scale per column
+    with pytest.raises(ValueError, match="do not hold 3-bit levels"):
+        packed.pack_layer(weight, None, 3)
+    layer = packed.pack_layer(weight, None, 3, axis=1)
+    assert layer.scales.shape == (5,) and torch.equal(layer.weight(), weight)
+    conv = quantize_values(torch.randn(2, 4, 3, 3), 2, axis=1)
+    assert torch.equal(packed.pack_layer(conv, None, 2, axis=1).weight(), conv)
+
+
+def tiny_gpt2():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, n_positions=16)
+    torch.manual_seed(0)
+    return transformers.GPT2Model(config).eval(), torch.randint(0, 100, (3, 12))
+
+
+def test_packed_gpt2_layers_keep_their_column_scales():
+    model, ids = tiny_gpt2()
+    family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(bits=(4,)))
+    arch = uniform_bits(family.space, 4)
+    sub = family.extract(arch).eval()
+    weights = packed.pack(sub, family.bits(arch))
+    rows = {r["name"]: r["bytes"] for r in onefit.cost.counts.layer_costs(family, arch)}
+    assert weights.nbytes == sum(rows[name] for name in family.bits(arch))
+    assert weights.layers["h.0.attn.c_attn"].scales.shape == (96,)  # one per output column
+    rebuilt = packed.unpack_(family.extract(family.space.max()).eval(), weights)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(ids).last_hidden_state, sub(ids).last_hidden_state, atol=1e-5)
+
+
+def test_learned_points_on_gpt2_scale_per_column():
+    model, ids = tiny_gpt2()
+    differentiable_quantize_(model, bits=2)
+    layer = model.h[0].attn.c_attn
+    assert quantizers(model) and layer in quantizers(model)
+    columns = layer.weight.detach().T  # (out, in)
+    assert all(len(torch.unique(c / c.abs().max())) <= 4 for c in columns)
+    with torch.no_grad():
+        assert model(ids).last_hidden_state.isfinite().all()
+    assert points_bytes(model) < 4 * sum(p.numel() for p in tiny_gpt2()[0].parameters())
+
+
+def test_points_start_at_the_quantiles_also_past_torch_quantile_s_size_limit():
+    torch.manual_seed(0)
+    small = torch.randn(7, 13)
+    scaled = (small / small.abs().amax(1, keepdim=True)).flatten()
+    for bits in (2, 3):
+        levels = 2**bits
+        expected = torch.quantile(scaled, (torch.arange(levels, dtype=torch.float32) + 0.5) / levels)
+        assert torch.allclose(diffquant.quantile_points(small, bits), expected, rtol=0, atol=1e-6)
+    big = torch.ones(4097, 4096)  # 2^24 + 4096 weights: torch.quantile refuses them
+    big[:2048] = -1
+    assert torch.equal(diffquant.quantile_points(big, 2), torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+
+
+def test_learned_points_refuse_a_second_quantizer_and_freeze_what_does_not_learn(trained):
+    model = student_copy(trained[0])
+    differentiable_quantize_(model, bits=4)
+    with pytest.raises(ValueError, match="already has learned points"):
+        differentiable_quantize_(model, bits=2)
+    recipe = diffquant_training.DifferentiableQuantizationRecipe(DifferentiableQuantizationConfig(bits=2))
+    fresh = student_copy(trained[0])
+    optimizer = recipe.prepare_(fresh)
+    recipe.step(fresh, (X, Y), optimizer)
+    points = {id(p) for p in point_parameters(fresh)}
+    assert all(p.grad is not None for p in point_parameters(fresh))
+    assert all(p.grad is None and not p.requires_grad for p in fresh.parameters() if id(p) not in points)
+    trainable = diffquant_training.DifferentiableQuantizationRecipe(
+        DifferentiableQuantizationConfig(bits=2, train_weights=True))
+    both = student_copy(trained[0])
+    groups = trainable.prepare_(both).param_groups
+    assert len(groups[0]["params"]) == len(list(both.parameters()))
+
+
+def test_learn_points_needs_data_with_a_length():
+    stream = ((X, Y) for _ in range(2))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="data must have a length.*got generator"):
+        learn_points(model, stream, DifferentiableQuantizationConfig(bits=2), epochs=1, progress=False)
+    assert not quantizers(model)  # refused before anything was attached
+
+
+def test_the_inspect_command_explains_a_malformed_bits_list():
+    from typer.testing import CliRunner
+
+    from onefit.cli import app
+
+    bad = CliRunner().invoke(app, ["inspect", "onefit.zoo:mlp", "--bits", "4,"])
+    assert bad.exit_code == 2 and "--bits: comma-separated integers, got '4,'" in bad.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_packing_takes_weights_on_the_gpu():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(10, 4).cuda()
+    with torch.no_grad():
+        layer.weight.copy_(quantize_values(layer.weight, 4))
+    weights = packed.pack(torch.nn.Sequential(layer), {"0": 4})
+    assert torch.equal(weights.layers["0"].weight(), layer.weight.detach().cpu())
+    target = torch.nn.Sequential(torch.nn.Linear(10, 4)).cuda()
+    assert torch.equal(packed.unpack_(target, weights)[0].weight, layer.weight)
