@@ -52,7 +52,7 @@ def test_svd_start_is_exact_at_full_rank_and_best_at_every_rank(dense):
         assert error == pytest.approx(s[r:].norm().item(), abs=1e-4)
 
 
-def test_extract_equals_the_elastic_forward_with_width_and_counts_match(tmp_path):
+def test_extract_equals_the_elastic_forward_with_width_and_counts_match():
     family, model, x = rank_family()
     onefit.sort_(family)  # permuting a width group must move U's rows and V's columns together
     kinds = {d.name: d.kind for d in family.space}
@@ -84,13 +84,30 @@ def test_a_factorized_family_saves_and_loads(tmp_path):
     arch = loaded.space.min()
     with torch.no_grad():
         assert torch.allclose(loaded.extract(arch)(x), family.extract(arch)(x))
+    other = rank_family(seed=1)[0]
+    other.module.register_buffer("extra", torch.zeros(1))  # the weights no longer fit
+    with pytest.raises(onefit.checkpoint.CheckpointError, match="weights do not fit"):
+        onefit.checkpoint.restore_(other, tmp_path / "f")
+    assert other.space["rank:5"].choices == (16, 32, 64)  # a failed restore leaves the space alone
+    family.space = onefit.Space([onefit.space.Dimension(d.name, d.kind, (16, 20)) if d.name == "rank:5" else d
+                                 for d in family.space])  # not a cap of the config's choices
+    family.save(tmp_path / "g")
+    with pytest.raises(onefit.checkpoint.CheckpointError, match="does not rebuild the saved space"):
+        onefit.checkpoint.restore_(rank_family(seed=1)[0], tmp_path / "g")
 
 
 def test_bad_ranks_are_refused_with_clear_messages():
     with pytest.raises(ValueError, match=r"ElasticConfig.rank: rank fractions must lie in \(0, 1\], got \[1.5\]"):
         onefit.ElasticConfig(rank=(1.5,))
+    with pytest.raises(ValueError, match=r"ElasticConfig.rank: a tuple of fractions in \(0, 1\], got 0.5"):
+        onefit.ElasticConfig(rank=0.5)
+    with pytest.raises(ValueError, match=r"rank_layers\['a'\]: a tuple of fractions in \(0, 1\], got 0.5"):
+        onefit.ElasticConfig(rank_layers={"a": 0.5})
     with pytest.raises(ValueError, match=r"rank_layers: pattern 'nope\*' matches no layer"):
         rank_family(rank_layers={"nope*": (0.5,)})
+    with pytest.raises(ValueError, match=r"rank_layers: pattern '1' matches no layer"):  # a norm: nothing to factorize
+        model = nn.Sequential(nn.Linear(8, 64), nn.LayerNorm(64), nn.Linear(64, 10))
+        onefit.elasticize(model, (torch.randn(2, 8),), onefit.ElasticConfig(rank_layers={"1": (0.5,)}))
     family, _, x = rank_family()
     with pytest.raises(onefit.ArchError, match=r"'rank:5' \(rank\): value 999 is not allowed; allowed values are \[16, 32, 64\]"):
         family.extract({"rank:5": 999})
@@ -134,11 +151,18 @@ def test_ordered_rank_recipe_trains_and_shrinks_the_space():
     recipe = OrderedRankRecipe(OrderedRankConfig(group_lasso=1e-3, shrink_every=3, seed=0))
     history = onefit.train(family, tiny_data(), recipe, epochs=1, progress=False)
     assert math.isfinite(history[-1]["loss_mean"]) and history[-1]["recipe"] == "ordered_rank"
+    optimizer = torch.optim.Adam(family.parameters(), lr=1e-3)
+    recipe.step(family, tiny_data()[0], optimizer)  # the optimizer has moments for every component
     layer = family.module.get_submodule("5")
     with torch.no_grad():  # the tail components vanish: shrinking drops the choices above them
         layer.u[:, 30:] = 0
-    assert recipe.shrink_(family)["rank:5"] == 30
+    assert recipe.shrink_(family, optimizer)["rank:5"] == 30
     assert family.space["rank:5"].choices == (16, 32)  # the choices stay those of the config
+    recipe.step(family, tiny_data()[1], optimizer)
+    assert not layer.u[:, 32:].any() and not layer.v[32:].any()  # past the cap: zero, and they stay zero
+    x = tiny_data()[0][0]
+    with torch.no_grad():
+        assert torch.allclose(family.eval()(x), family.extract(family.space.max())(x), atol=1e-5)
     with pytest.raises(ValueError, match="OrderedRankConfig.shrink_threshold"):
         OrderedRankConfig(shrink_threshold=1.0)
 
@@ -158,6 +182,34 @@ def test_trp_truncates_to_the_energy_and_leaves_ordered_svd_factors():
     assert torch.allclose(norms, s[:r], rtol=1e-3, atol=1e-5)  # balanced factors, ordered by singular value
     with pytest.raises(ValueError, match=r"TRPConfig.energy must lie in \(0, 1\]"):
         TRPConfig(energy=0.0)
+
+
+@pytest.mark.parametrize("recipe", [OrderedRankRecipe(), TRPRecipe()], ids=["ordered_rank", "trp"])
+def test_rank_recipes_refuse_a_family_without_rank_dimensions(recipe):
+    family, _, _ = rank_family(rank=None)
+    name = type(recipe).__name__
+    with pytest.raises(ValueError, match=rf"{name} needs rank dimensions; set ElasticConfig\(rank=\.\.\.\) or rank_layers"):
+        onefit.train(family, tiny_data(1), recipe, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: OrderedRankRecipe(OrderedRankConfig(shrink_every=3, shrink_threshold=0.6)),
+    lambda: TRPRecipe(TRPConfig(energy=0.9, period=3)),
+], ids=["ordered_rank", "trp"])
+def test_a_resumed_rank_run_equals_an_uninterrupted_one(tmp_path, make):
+    """5 batches an epoch, shrinking or truncating every 3 steps: a resumed run must keep counting steps.
+    (No cosine schedule: one over the first run's single epoch would differ from one over two.)"""
+    data, options = tiny_data(5), {"cosine": False, "progress": False}
+    whole, recipe = rank_family()[0], make()
+    onefit.train(whole, data, recipe, epochs=2, **options)
+    onefit.train(rank_family()[0], data, make(), epochs=1, checkpoint=tmp_path, **options)
+    resumed, again = rank_family()[0], make()
+    onefit.train(resumed, data, again, epochs=2, checkpoint=tmp_path, **options)
+    assert again.steps == recipe.steps == 10
+    assert again.state_dict() == recipe.state_dict() and again.describe() == recipe.describe()
+    assert resumed.space == whole.space != rank_family()[0].space  # capped, in the same way
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
 
 
 def test_rank_dimensions_are_searched():

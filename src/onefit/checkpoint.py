@@ -161,7 +161,6 @@ def restore_(family, directory):
     saved = Space.from_json(manifest["space"])
     if family.space != saved and not _ranks_shrunk(family.space, saved):
         raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
-    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
     weights = _read_tensors(directory, manifest["weights"])
     expected = family.module.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
@@ -173,6 +172,7 @@ def restore_(family, directory):
         )
     from onefit.cost.latency_model import LatencyModel
 
+    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
     family.module.load_state_dict(weights)
     family.source, family.history = manifest.get("source"), manifest.get("history", [])
     family.latency_models = {k: LatencyModel.from_json(v) for k, v in manifest.get("latency_models", {}).items()}
@@ -180,10 +180,11 @@ def restore_(family, directory):
 
 
 def _ranks_shrunk(rebuilt, saved) -> bool:
-    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped below their full rank."""
+    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped: their choices are the
+    rebuilt ones up to a cap (``onefit.train.ordered_rank.restrict_rank_``)."""
     if rebuilt.names != saved.names:
         return False
-    return all(a == b or (a.kind == b.kind == "rank" and b.choices[-1] <= a.choices[-1])
+    return all(a == b or (a.kind == b.kind == "rank" and b.choices == a.choices[: len(b.choices)])
                for a, b in zip(rebuilt, saved))
 
 

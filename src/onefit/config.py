@@ -19,7 +19,12 @@ from onefit.elastic.quant import BITS, FULL, check_bits
 
 
 def _fractions(values, where: str, what: str = "width") -> tuple[float, ...]:
-    fractions = tuple(float(f) for f in values)
+    try:
+        if isinstance(values, str):
+            raise TypeError
+        fractions = tuple(float(f) for f in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: a tuple of fractions in (0, 1], got {values!r}") from None
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if not fractions or bad:
         raise ValueError(f"{where}: {what} fractions must lie in (0, 1], got {list(fractions)}")
@@ -130,19 +135,25 @@ class ElasticConfig:
                 return bits
         return self.bits or (FULL,)
 
+    def rank_fractions(self, layer: str) -> tuple[float, ...] | None:
+        """Rank fractions of ``layer``: its first matching override, else ``rank``; None if neither."""
+        return next((f for pattern, f in self.rank_layers if fnmatchcase(layer, pattern)), self.rank)
+
     def rank_choices(self, layer: str, full_rank: int) -> tuple[int, ...] | None:
-        """Ranks of ``layer`` (its first matching override, else ``rank``), always with the full rank;
-        None when neither applies (the layer stays dense)."""
-        fractions = next((f for pattern, f in self.rank_layers if fnmatchcase(layer, pattern)), self.rank)
+        """Ranks of ``layer`` (``rank_fractions`` of its full rank), always with the full rank;
+        None when no rank setting applies (the layer stays dense)."""
+        fractions = self.rank_fractions(layer)
         if fractions is None:
             return None
         return tuple(sorted({max(1, round(f * full_rank)) for f in fractions} | {full_rank}))
 
-    def check_patterns(self, names: Sequence[str], quantizable: Sequence[str] = ()) -> None:
+    def check_patterns(self, names: Sequence[str], quantizable: Sequence[str] = (),
+                       factorizable: Sequence[str] = ()) -> None:
         """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing);
-        ``bits_layers`` patterns must match one of the ``quantizable`` layers."""
+        ``bits_layers`` patterns must match one of the ``quantizable`` layers, ``rank_layers``
+        patterns one of the ``factorizable`` ones (Linear and convolution layers)."""
         for field, pairs, layers in (("layers", self.layers, names), ("bits_layers", self.bits_layers, quantizable),
-                                     ("rank_layers", self.rank_layers, names)):
+                                     ("rank_layers", self.rank_layers, factorizable)):
             for pattern, _ in pairs:
                 if not any(fnmatchcase(n, pattern) for n in layers):
                     raise ValueError(f"ElasticConfig.{field}: pattern {pattern!r} matches no layer; layers are "

@@ -31,6 +31,7 @@ from onefit.graph import Plan, analyze
 from onefit.space import Arch, Dimension, Space
 
 QUANTIZABLE = ("linear", "conv", "conv_pass")  # attention (mha) keeps full-precision weights
+FACTORIZABLE = ("linear", "conv", "conv_pass")  # what rank_layers may name (grouped convs stay dense: rank_notes)
 
 
 class Family(nn.Module):
@@ -49,12 +50,12 @@ class Family(nn.Module):
         # Layers factorized as U V with a ``rank:<layer name>`` dimension; the others a rank setting
         # names stay dense, and ``rank_notes`` says why (onefit.inspect shows it). Factorized layers
         # keep full precision: they have no bits dimension.
-        self.rank_notes = factorize_(module, plan, config.rank_choices)
-        self.factorized = [n for n in plan.layers if hasattr(module.get_submodule(n), "rank_choices")]
+        self.factorized, self.rank_notes = factorize_(module, plan, config)
         # Layers that can take a bits dimension: ``bits:<layer name>``.
         self.quantizable = [layer.name for layer in plan.layers.values() if layer.kind in QUANTIZABLE
                             and hasattr(module.get_submodule(layer.name), "active_bits")]
-        config.check_patterns(list(plan.layers), self.quantizable)
+        config.check_patterns(list(plan.layers), self.quantizable,
+                              [layer.name for layer in plan.layers.values() if layer.kind in FACTORIZABLE])
         dims = [
             Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
             for g in plan.groups.values()

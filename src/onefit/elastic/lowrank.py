@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.conv import ElasticConv
+from onefit.elastic.linear import ElasticLinear
+
 
 def factorized_params(n_in: int, n_out: int, rank: int, kernel: int = 1) -> int:
     """Weights of the two factors at ``rank``: ``r * (in * k + out)`` (no bias)."""
@@ -44,13 +47,14 @@ def saves(n_in: int, n_out: int, rank: int, kernel: int = 1) -> bool:
     return factorized_params(n_in, n_out, rank, kernel) < n_in * n_out * kernel
 
 
-def svd_factors(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Balanced SVD factors of ``weight`` (out, in, k...): U (out, R), V (R, in, k...), R = min(out, in*k)."""
+def svd_factors(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Balanced SVD factors of ``weight`` (out, in, k...) and its singular values:
+    U (out, R), V (R, in, k...), s (R,) decreasing, R = min(out, in*k)."""
     matrix = weight.detach().flatten(1)  # (out, in * k...)
     p, s, qt = torch.linalg.svd(matrix.double(), full_matrices=False)  # s decreasing
     root = s.sqrt()
     u, v = p * root, root[:, None] * qt  # U diag(s)^1/2, diag(s)^1/2 Q^T
-    return u.to(weight.dtype), v.to(weight.dtype).reshape(len(s), *weight.shape[1:])
+    return u.to(weight.dtype), v.to(weight.dtype).reshape(len(s), *weight.shape[1:]), s.to(weight.dtype)
 
 
 class _LowRank(nn.Module):
@@ -61,7 +65,7 @@ class _LowRank(nn.Module):
     in_index = None  # not supported: a layer reading a concatenation is kept dense
 
     def _init_factors(self, weight: torch.Tensor, bias: torch.Tensor | None, choices: tuple[int, ...]) -> None:
-        u, v = svd_factors(weight)
+        u, v, _ = svd_factors(weight)
         self.u, self.v = nn.Parameter(u), nn.Parameter(v)
         self.bias = bias
         self.rank_choices = tuple(choices)  # the rank dimension's choices, set from ElasticConfig
@@ -69,6 +73,11 @@ class _LowRank(nn.Module):
     @property
     def full_rank(self) -> int:
         return self.u.shape[1]
+
+    @property
+    def kernel(self) -> int:
+        """Weights per input channel and output: 1 for a Linear, k x k... for a convolution."""
+        return math.prod(self.v.shape[2:])
 
     def rank(self) -> int:
         """The active rank, checked against the factors this layer holds."""
@@ -107,6 +116,26 @@ class _LowRank(nn.Module):
             raise ValueError(f"{type(self).__name__} got {n_in} inputs, holds only {limit}")
         return (self.u.shape[0] if self.active_out is None else self.active_out), self.rank()
 
+    def _plain(self, n_in: int, n_out: int, bias: bool, pointwise: bool = False) -> nn.Module:
+        """The plain layer ``n_in -> n_out``: the dense layer's kind, or a 1 x 1 one with ``pointwise``."""
+        raise NotImplementedError
+
+    def to_plain(self, in_size: int, out_size: int, in_index=None) -> nn.Module:
+        """Two layers of rank r (V, then U), or the dense layer when that holds fewer parameters."""
+        r, has_bias = self.rank(), self.bias is not None
+        if saves(in_size, out_size, r, self.kernel):
+            u, v = (t.detach() for t in self._factors(in_size, out_size, r))
+            plain = nn.Sequential(self._plain(in_size, r, False), self._plain(r, out_size, has_bias, pointwise=True))
+            plain[0].weight.data.copy_(v)
+            plain[1].weight.data.copy_(u.reshape(plain[1].weight.shape))  # (out, r) or (out, r, 1, 1...)
+            last = plain[1]
+        else:
+            plain = last = self._plain(in_size, out_size, has_bias)
+            plain.weight.data.copy_(self.dense_weight(in_size, out_size, r).detach())
+        if has_bias:
+            last.bias.data.copy_(self.bias[:out_size])
+        return plain.to(self.u.device, self.u.dtype)
+
     def extra_repr(self) -> str:
         return (f"{self.v.shape[1]} -> rank {self.full_rank} -> {self.u.shape[0]}, kernel={tuple(self.v.shape[2:])}, "
                 f"active_out={self.active_out}, active_rank={self.active_rank}")
@@ -127,21 +156,8 @@ class ElasticLowRankLinear(_LowRank):
         u, v = self._factors(x.shape[-1], out, r)
         return F.linear(F.linear(x, v), u, None if self.bias is None else self.bias[:out])
 
-    def to_plain(self, in_size: int, out_size: int, in_index=None) -> nn.Module:
-        """Two Linear layers of rank r, or the dense Linear when that holds fewer parameters."""
-        r, has_bias = self.rank(), self.bias is not None
-        u, v = (t.detach() for t in self._factors(in_size, out_size, r))
-        if not saves(in_size, out_size, r):
-            plain = last = nn.Linear(in_size, out_size, bias=has_bias)
-            plain.weight.data.copy_(u @ v)
-        else:
-            plain = nn.Sequential(nn.Linear(in_size, r, bias=False), nn.Linear(r, out_size, bias=has_bias))
-            plain[0].weight.data.copy_(v)
-            plain[1].weight.data.copy_(u)
-            last = plain[1]
-        if has_bias:
-            last.bias.data.copy_(self.bias[:out_size])
-        return plain.to(self.u.device, self.u.dtype)
+    def _plain(self, n_in: int, n_out: int, bias: bool, pointwise: bool = False) -> nn.Module:
+        return nn.Linear(n_in, n_out, bias=bias)
 
 
 class ElasticLowRankConv(_LowRank):
@@ -154,13 +170,9 @@ class ElasticLowRankConv(_LowRank):
         layer = cls()
         layer.in_channels, layer.out_channels = dense.in_channels, dense.out_channels
         layer.plain_type, layer.options = dense.plain_type, dict(dense.options)
-        layer._conv = F.conv2d if dense.plain_type is nn.Conv2d else F.conv1d
+        layer._conv = dense._conv
         layer._init_factors(dense.weight, dense.bias, choices)
         return layer
-
-    @property
-    def kernel(self) -> int:
-        return math.prod(self.v.shape[2:])
 
     def _pointwise(self, u: torch.Tensor) -> torch.Tensor:
         return u.reshape(*u.shape, *[1] * (self.v.dim() - 2))  # (out, r, 1, 1...)
@@ -171,41 +183,34 @@ class ElasticLowRankConv(_LowRank):
         h = self._conv(x, v, None, **self.options)  # (B, r, H', W')
         return self._conv(h, self._pointwise(u), None if self.bias is None else self.bias[:out])
 
-    def to_plain(self, in_size: int, out_size: int, in_index=None) -> nn.Module:
-        """Two convolutions of rank r, or the dense convolution when that holds fewer parameters."""
-        r, has_bias, k = self.rank(), self.bias is not None, tuple(self.v.shape[2:])
-        u, v = (t.detach() for t in self._factors(in_size, out_size, r))
-        if not saves(in_size, out_size, r, self.kernel):
-            plain = last = self.plain_type(in_size, out_size, k, bias=has_bias, **self.options)
-            plain.weight.data.copy_(self.dense_weight(in_size, out_size, r))
-        else:
-            plain = nn.Sequential(self.plain_type(in_size, r, k, bias=False, **self.options),
-                                  self.plain_type(r, out_size, 1, bias=has_bias))
-            plain[0].weight.data.copy_(v)
-            plain[1].weight.data.copy_(self._pointwise(u))
-            last = plain[1]
-        if has_bias:
-            last.bias.data.copy_(self.bias[:out_size])
-        return plain.to(self.u.device, self.u.dtype)
+    def _plain(self, n_in: int, n_out: int, bias: bool, pointwise: bool = False) -> nn.Module:
+        if pointwise:  # the 1 x 1 convolution U: stride, padding and dilation belong to V's
+            return self.plain_type(n_in, n_out, 1, bias=bias)
+        return self.plain_type(n_in, n_out, tuple(self.v.shape[2:]), bias=bias, **self.options)
 
 
 def lowrank_cost(layer: _LowRank, n_in: int, n_out: int, rank: int, positions: int) -> tuple[int, int]:
     """(params, MACs per sample) of ``layer`` extracted at ``rank``: ``r (in k + out)`` weights, or
     ``in out k`` when the dense layer is cheaper (extraction then gives it); MACs are weights x
     output positions (the k x k convolution to r channels runs at the output resolution)."""
-    k = getattr(layer, "kernel", 1)
+    k = layer.kernel
     weights = factorized_params(n_in, n_out, rank, k) if saves(n_in, n_out, rank, k) else n_in * n_out * k
     return weights + (n_out if layer.bias is not None else 0), weights * positions
 
 
-def _why_dense(plan_layer, elastic: nn.Module, choices: tuple[int, ...]) -> str | None:
-    """Why ``plan_layer`` keeps its dense form, or None if it is factorized with ``choices``."""
+def _why_dense(plan_layer, elastic: nn.Module) -> str | None:
+    """Why ``plan_layer`` has no factorized form, or None if it has one."""
     if plan_layer.kind == "conv_pass" or getattr(elastic, "groups", 1) != 1:
         return "grouped or depthwise convolution: no factorized form"
-    if plan_layer.kind not in ("linear", "conv") or type(elastic).__name__ not in ("ElasticLinear", "ElasticConv"):
+    if plan_layer.kind not in ("linear", "conv") or not isinstance(elastic, (ElasticLinear, ElasticConv)):
         return f"no factorized form for {type(elastic).__name__}"
     if plan_layer.segments > 1 or plan_layer.in_segments:
         return "fused projection or concatenated input: kept dense"
+    return None
+
+
+def _why_unprofitable(elastic: nn.Module, choices: tuple[int, ...]) -> str | None:
+    """Why factorizing ``elastic`` with ``choices`` is not worth it, or None if it is."""
     if len(choices) < 2:
         return "one rank choice only (the full rank)"
     n_in, n_out = getattr(elastic, "in_features", None) or elastic.in_channels, elastic.weight.shape[0]
@@ -216,30 +221,29 @@ def _why_dense(plan_layer, elastic: nn.Module, choices: tuple[int, ...]) -> str 
     return None
 
 
-def factorize_(module: nn.Module, plan, choices_for) -> dict[str, str]:
+def factorize_(module: nn.Module, plan, config) -> tuple[list[str], dict[str, str]]:
     """Replace every eligible Linear and plain convolution of ``module`` by its factorized form, in place.
 
-    ``choices_for(name, full_rank)`` gives a layer's rank choices (``ElasticConfig.rank_choices``), or
-    None when no rank setting names the layer. Returns ``{layer: why it stays dense}`` for the named
-    layers that stay dense.
+    ``config`` (an ``ElasticConfig``) says which layers a rank setting names
+    (``rank_fractions``) and their rank choices (``rank_choices``). Returns the names of the layers
+    factorized, and ``{layer: why it stays dense}`` for the named layers that stay dense.
     """
-    notes = {}
+    factorized, notes = [], {}
     for layer in plan.layers.values():
-        if layer.kind not in ("linear", "conv", "conv_pass", "mha"):
+        if layer.kind not in ("linear", "conv", "conv_pass", "mha") or config.rank_fractions(layer.name) is None:
             continue
         elastic = module.get_submodule(layer.name)
-        weight = getattr(elastic, "weight", None)
-        full_rank = min(weight.shape[0], weight[0].numel()) if isinstance(weight, torch.Tensor) else 0
-        choices = choices_for(layer.name, full_rank)
-        if choices is None:
-            continue
-        reason = _why_dense(layer, elastic, choices)
+        reason = _why_dense(layer, elastic)
+        if reason is None:
+            choices = config.rank_choices(layer.name, min(elastic.weight.shape[0], elastic.weight[0].numel()))
+            reason = _why_unprofitable(elastic, choices)
         if reason is not None:
             notes[layer.name] = reason
             continue
         kind = ElasticLowRankLinear if layer.kind == "linear" else ElasticLowRankConv
-        factorized = kind.from_dense(elastic, choices)
-        factorized.train(elastic.training)
+        low_rank = kind.from_dense(elastic, choices)
+        low_rank.train(elastic.training)
         parent, _, child = layer.name.rpartition(".")
-        setattr(module.get_submodule(parent) if parent else module, child, factorized)
-    return notes
+        setattr(module.get_submodule(parent) if parent else module, child, low_rank)
+        factorized.append(layer.name)
+    return factorized, notes

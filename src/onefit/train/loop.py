@@ -62,9 +62,10 @@ def train(
 
     The default optimizer is Adam (lr 3e-3); with ``cosine`` its learning rate decays to zero
     along a cosine over the whole run, set from the step's position so a resumed run follows the
-    same schedule. With ``checkpoint`` set, the family, the optimizer
-    and the position are saved there after each epoch, and a later call with the same folder
-    resumes from the last finished epoch. Returns the per-epoch history (also kept on the family).
+    same schedule. With ``checkpoint`` set, the family, the optimizer, the position, the recipe's
+    ``rng`` and its ``state_dict()`` (for recipes that have one) are saved there after each epoch,
+    and a later call with the same folder resumes from the last finished epoch. Returns the
+    per-epoch history (also kept on the family).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -76,6 +77,9 @@ def train(
         state = load_training_state(checkpoint, optimizer)
         start = state["epoch"]
         recipe.rng.setstate(_as_rng_state(state["rng"]))
+        load_state = getattr(recipe, "load_state_dict", None)  # optional, as state_dict in _progress
+        if load_state is not None and "recipe" in state:
+            load_state(state["recipe"])
     checked = False
     n = _len_or_none(data)
     if cosine and n is None:
@@ -101,7 +105,7 @@ def train(
                 **recipe.describe(),
             })
             if checkpoint is not None:
-                save_family(family, checkpoint, optimizer, {"epoch": epoch + 1, "rng": recipe.rng.getstate()})
+                save_family(family, checkpoint, optimizer, _progress(recipe, epoch + 1))
     family.eval()
     return family.history
 
@@ -128,6 +132,15 @@ def train_plain(model: nn.Module, data, epochs: int, lr: float = 3e-3, progress:
                 optimizer.step()
                 bar.update(task, advance=1)
     return model.eval()
+
+
+def _progress(recipe, epoch: int) -> dict:
+    """What resuming needs: the epoch, the recipe's rng and, if it keeps one, its state (JSON-able)."""
+    progress = {"epoch": epoch, "rng": recipe.rng.getstate()}
+    state_dict = getattr(recipe, "state_dict", None)  # optional: recipes without state have none
+    if state_dict is not None:
+        progress["recipe"] = state_dict()
+    return progress
 
 
 def _as_rng_state(state) -> tuple:

@@ -6,13 +6,14 @@ the sampled sub-models on one batch, and adds a hierarchical group lasso on the 
 
     loss + lambda * sum_layers sum_{b=1}^{R-1} || [U[:, b:], V[b:]] ||_F
 
-A component b sits in the b + 1 tail groups that start at or before it, so later components are
-pushed harder towards zero and importance collects at the front, where the small ranks look.
-For a linear map with isotropic inputs, nested training of this kind recovers the SVD: every
-prefix becomes the best rank-b approximation (Maestro, Theorem 3.1; ``tests/test_lowrank.py``).
-Progressive shrinking then drops the trailing components whose norm ``|U[:, j]| |V[j]|`` fell
-below ``shrink_threshold`` times the largest: the rank dimension loses the choices above the
-smallest one that still holds every component left.
+Counting components from 0, component j sits in the j tail groups b = 1..j (the first in none),
+so later components are pushed harder towards zero and importance collects at the front, where
+the small ranks look. For a linear map with isotropic inputs, nested training of this kind
+recovers the SVD: every prefix becomes the best rank-b approximation (Maestro, Theorem 3.1;
+``tests/test_lowrank.py``). Progressive shrinking then drops the trailing components whose norm
+``|U[:, j]| |V[j]|`` fell below ``shrink_threshold`` times the largest: the rank dimension loses
+the choices above the smallest one that still holds every component left, and the components
+past that cap are zeroed.
 
 >>> config = OrderedRankConfig(group_lasso=1e-4, shrink_every=0)
 >>> config.distill
@@ -30,36 +31,38 @@ import torch.nn.functional as F
 
 from onefit.space import Dimension, Space
 from onefit.train.sampler import SandwichSampler
-from onefit.train.sorted import DISTILL, distillation_loss
+from onefit.train.sorted import SortedNetConfig, nested_backward
 
 
 @dataclass(frozen=True)
-class OrderedRankConfig:
+class OrderedRankConfig(SortedNetConfig):
+    """SortedNet's distillation and seed fields (``distill``, ``temperature``, ``distill_weight``,
+    ``seed``) plus the group lasso and progressive shrinking."""
+
     group_lasso: float = 1e-4  # lambda of the hierarchical group lasso on the tail components
     shrink_every: int = 100  # steps between progressive-shrinking checks; 0: never shrink
     shrink_threshold: float = 1e-3  # a trailing component below this share of the largest norm is dropped
-    distill: str = "inplace"  # as SortedNetConfig: "none", "inplace" or "teacher"
-    temperature: float = 2.0
-    distill_weight: float = 0.5
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.group_lasso < 0:
             raise ValueError(f"OrderedRankConfig.group_lasso must be >= 0, got {self.group_lasso}")
         if self.shrink_every < 0:
             raise ValueError(f"OrderedRankConfig.shrink_every must be >= 0 (0: never), got {self.shrink_every}")
         if not 0.0 <= self.shrink_threshold < 1.0:
             raise ValueError(f"OrderedRankConfig.shrink_threshold must lie in [0, 1), got {self.shrink_threshold}")
-        if self.distill not in DISTILL:
-            raise ValueError(f"OrderedRankConfig.distill: {self.distill!r} is not one of {DISTILL}")
-        if self.temperature <= 0 or not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"OrderedRankConfig: temperature must be > 0 and distill_weight in [0, 1], got "
-                             f"{self.temperature}, {self.distill_weight}")
 
 
 def factorized_layers(family) -> dict[str, torch.nn.Module]:
-    """``{rank dimension name: layer}`` for every factorized layer with a rank dimension."""
-    return {f"rank:{n}": family.module.get_submodule(n) for n in family.factorized if f"rank:{n}" in family.space.names}
+    """``{rank dimension name: layer}`` for every factorized layer (each has a rank dimension)."""
+    return {f"rank:{n}": family.module.get_submodule(n) for n in family.factorized}
+
+
+def require_ranks(family, recipe) -> None:
+    """Raise unless ``family`` has rank dimensions for ``recipe`` to train."""
+    if not family.factorized:
+        raise ValueError(f"{type(recipe).__name__} needs rank dimensions; "
+                         "set ElasticConfig(rank=...) or rank_layers=...")
 
 
 def hierarchical_group_lasso(family) -> torch.Tensor:
@@ -86,28 +89,16 @@ def restrict_rank_(family, name: str, rank: int) -> bool:
     return True
 
 
-def nested_backward(family, archs, batch, loss_fn, config, teacher=None) -> list[float]:
-    """Accumulate the gradients of ``archs`` on ``batch`` (averaged), with in-place or teacher
-    distillation as in SortedNet; the first arch teaches the rest with ``distill='inplace'``."""
-    x, y = batch
-    soft = None
-    if config.distill == "teacher":
-        if teacher is None:
-            raise ValueError("distill='teacher' needs a teacher module passed to step()")
-        with torch.no_grad():
-            soft = teacher(x)
-    losses = []
-    for arch in archs:
-        with family.activate(arch):
-            out = family(x)
-        loss = loss_fn(out, y)
-        if soft is not None and config.distill_weight > 0:
-            loss = (1 - config.distill_weight) * loss + config.distill_weight * distillation_loss(out, soft, config.temperature)
-        (loss / len(archs)).backward()
-        losses.append(loss.item())
-        if config.distill == "inplace" and soft is None:
-            soft = out.detach()
-    return losses
+@torch.no_grad()
+def zero_tail_(layer, rank: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Zero the components of ``layer`` past ``rank``, and their entries in the optimizer's moment
+    buffers: no sub-model reaches them, so with zero gradients and moments they stay zero."""
+    for param, tail in ((layer.u, (slice(None), slice(rank, None))), (layer.v, slice(rank, None))):
+        param[tail] = 0
+        state = optimizer.state.get(param, {}) if optimizer is not None else {}
+        for buffer in state.values():
+            if isinstance(buffer, torch.Tensor) and buffer.shape == param.shape:
+                buffer[tail] = 0
 
 
 @dataclass
@@ -130,11 +121,19 @@ class OrderedRankRecipe:
         return {"recipe": "ordered_rank", "config": asdict(self.config), "sampler": asdict(self.sampler),
                 "shrunk": dict(self.shrunk)}
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides ``rng`` (the loop saves both with its checkpoints)."""
+        return {"steps": self.steps, "shrunk": dict(self.shrunk)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.shrunk = int(state["steps"]), dict(state["shrunk"])
+
     def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
         """One optimizer step: the sampled sub-models' losses plus the group lasso, then maybe shrink."""
+        require_ranks(family, self)
         optimizer.zero_grad(set_to_none=True)
         archs = self.sampler(family.space, self.rng)
-        losses = nested_backward(family, archs, batch, self.loss or F.cross_entropy, self.config, teacher)
+        losses = nested_backward(family, archs, batch, self.config, teacher, self.loss or F.cross_entropy)
         penalty = torch.zeros(())
         if self.config.group_lasso > 0:
             penalty = self.config.group_lasso * hierarchical_group_lasso(family)
@@ -142,15 +141,17 @@ class OrderedRankRecipe:
         optimizer.step()
         self.steps += 1
         if self.config.shrink_every and self.steps % self.config.shrink_every == 0:
-            self.shrink_(family)
+            self.shrink_(family, optimizer)
         return {"loss_largest": losses[0], "loss_mean": sum(losses) / len(losses), "group_lasso": penalty.item()}
 
-    def shrink_(self, family) -> dict[str, int]:
-        """Progressive shrinking: cap each rank dimension after its last component above the threshold."""
+    def shrink_(self, family, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+        """Progressive shrinking: cap each rank dimension after its last component above the
+        threshold and zero the components past the cap (with their moments in ``optimizer``)."""
         for name, layer in factorized_layers(family).items():
             norms = layer.component_norms()[: family.space[name].choices[-1]]
             above = torch.nonzero(norms >= self.config.shrink_threshold * norms.max()).flatten()
             keep = int(above[-1]) + 1 if len(above) else 1
             if restrict_rank_(family, name, keep):
                 self.shrunk[name] = keep
+                zero_tail_(layer, family.space[name].choices[-1], optimizer)
         return dict(self.shrunk)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +28,13 @@ class SortedNetConfig:
     seed: int = 0  # drives the random sub-models; same seed, same sequence
 
     def __post_init__(self) -> None:
+        name = type(self).__name__  # subclasses (OrderedRankConfig) share these fields and checks
         if self.distill not in DISTILL:
-            raise ValueError(f"SortedNetConfig.distill: {self.distill!r} is not one of {DISTILL}")
+            raise ValueError(f"{name}.distill: {self.distill!r} is not one of {DISTILL}")
         if self.temperature <= 0:
-            raise ValueError(f"SortedNetConfig.temperature must be > 0, got {self.temperature}")
+            raise ValueError(f"{name}.temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"SortedNetConfig.distill_weight must lie in [0, 1], got {self.distill_weight}")
+            raise ValueError(f"{name}.distill_weight must lie in [0, 1], got {self.distill_weight}")
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -40,6 +42,32 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     t = temperature
     return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
                     reduction="batchmean") * t * t
+
+
+def nested_backward(family, archs, batch, config: SortedNetConfig, teacher: torch.nn.Module | None = None,
+                    loss_fn: Callable = F.cross_entropy) -> list[float]:
+    """Accumulate the gradients of ``archs`` on ``batch = (x, y)``, each loss divided by their
+    number; returns the losses. With ``distill='inplace'`` the first arch (the largest) teaches the rest."""
+    if config.distill == "teacher" and teacher is None:
+        raise ValueError(f"{type(config).__name__}.distill='teacher' needs a teacher module passed to step()")
+    x, y = batch
+    soft = None
+    if config.distill == "teacher":
+        with torch.no_grad():
+            soft = teacher(x)
+    losses = []
+    for arch in archs:
+        with family.activate(arch):
+            logits = family(x)
+        loss = loss_fn(logits, y)
+        if soft is not None and config.distill_weight > 0:
+            kd = distillation_loss(logits, soft, config.temperature)
+            loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+        (loss / len(archs)).backward()
+        losses.append(loss.item())
+        if config.distill == "inplace" and soft is None:
+            soft = logits.detach()  # the largest, visited first, teaches the rest
+    return losses
 
 
 @dataclass
@@ -55,27 +83,7 @@ class SortedNetRecipe:
 
     def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
         """One optimizer step over the sampled sub-models of ``family`` on ``batch = (x, y)``."""
-        cfg = self.config
-        if cfg.distill == "teacher" and teacher is None:
-            raise ValueError("SortedNetConfig.distill='teacher' needs a teacher module passed to step()")
-        x, y = batch
-        archs = self.sampler(family.space, self.rng)
-        soft = None
-        if cfg.distill == "teacher":
-            with torch.no_grad():
-                soft = teacher(x)
         optimizer.zero_grad(set_to_none=True)
-        losses = []
-        for arch in archs:
-            with family.activate(arch):
-                logits = family(x)
-            loss = F.cross_entropy(logits, y)
-            if soft is not None and cfg.distill_weight > 0:
-                kd = distillation_loss(logits, soft, cfg.temperature)
-                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
-            (loss / len(archs)).backward()
-            losses.append(loss.item())
-            if cfg.distill == "inplace" and soft is None:
-                soft = logits.detach()  # the largest, visited first, teaches the rest
+        losses = nested_backward(family, self.sampler(family.space, self.rng), batch, self.config, teacher)
         optimizer.step()
         return {"loss_largest": losses[0], "loss_mean": sum(losses) / len(losses)}

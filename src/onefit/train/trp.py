@@ -6,8 +6,9 @@ its sub-gradient (TRP, eq. 5): for ``W = U V`` with SVD ``W = P diag(s) Q^T``,
 that gradient, passed on to both factors. Every ``period`` steps each factorized layer is
 truncated (TRP, eq. 3): its product is replaced by the rank-k SVD that keeps an ``energy`` share
 of ``sum s^2``, written back as balanced factors ordered by singular value (components past k
-zeroed), and its rank dimension is capped at the smallest choice that holds k. Between truncations the factors drift a little; ``truncate_`` at the
-end of training leaves every prefix the best approximation of the trained product again.
+zeroed), and its rank dimension is capped at the smallest choice that holds k. Between
+truncations the factors drift a little; ``truncate_`` at the end of training leaves every prefix
+the best approximation of the trained product again.
 
 >>> TRPConfig(energy=0.95).period
 50
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from onefit.elastic.lowrank import svd_factors
-from onefit.train.ordered_rank import factorized_layers, restrict_rank_
+from onefit.train.ordered_rank import factorized_layers, require_ranks, restrict_rank_
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,16 @@ class TRPRecipe:
     def describe(self) -> dict:
         return {"recipe": "trp", "config": asdict(self.config), "ranks": dict(self.ranks)}
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides ``rng`` (the loop saves both with its checkpoints)."""
+        return {"steps": self.steps, "ranks": dict(self.ranks)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.ranks = int(state["steps"]), dict(state["ranks"])
+
     def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
         """One optimizer step of the largest sub-model with the nuclear-norm term; truncate every ``period``."""
+        require_ranks(family, self)
         x, y = batch
         optimizer.zero_grad(set_to_none=True)
         with family.activate(family.space.max()):
@@ -95,8 +104,8 @@ class TRPRecipe:
         for name, layer in factorized_layers(family).items():
             r = family.space[name].choices[-1]
             w = (layer.u[:, :r] @ layer.v[:r].flatten(1)).reshape(len(layer.u), *layer.v.shape[1:])
-            u, v = svd_factors(w)  # (out, R'), (R', in, k...), R' = min(out, in * k)
-            k = min(energy_rank(u.norm(dim=0) * v.flatten(1).norm(dim=1), self.config.energy), r)
+            u, v, s = svd_factors(w)  # (out, R'), (R', in, k...), (R',); R' = min(out, in * k)
+            k = min(energy_rank(s, self.config.energy), r)
             layer.u.zero_()
             layer.v.zero_()
             layer.u[:, :k], layer.v[:k] = u[:, :k], v[:k]
