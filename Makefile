@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py
 	$(PY) bench/search_efficiency.py --task mnist5k
+	$(PY) bench/predictor_quality.py
 	$(PY) bench/joint_precision.py
 	$(PY) bench/lowrank.py --tasks mlp-digits mlp-mnist cnn-digits --epochs 10 --tune-epochs 5
 	$(PY) bench/lowrank.py --tasks cnn-mnist --epochs 10 --tune-epochs 5 --stem lowrank_cnn_mnist

@@ -61,3 +61,13 @@ def test_lowrank_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     assert rows[0]["macs"] < rows[1]["macs"] and rows[-1]["macs"] <= result["runs"][0]["dense_macs"] / 3
     assert all(0 <= r[m] <= 100 for r in rows for m in lowrank.METHODS)
     assert "| SVD truncation | ordered rank | TRP |" in (tmp_path / "lowrank.md").read_text()
+
+
+def test_predictor_quality_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    import predictor_quality
+
+    result = predictor_quality.main(["--quick", "--out", str(tmp_path)])
+    taus = result["digits"]["tau"]
+    assert set(taus) == {"ridge", "forest", "mlp"}
+    assert all(len(t) == 2 and all(-1 <= v <= 1 for v in t) for by_n in taus.values() for t in by_n.values())
+    assert "| forest |" in (tmp_path / "predictor_quality.md").read_text()

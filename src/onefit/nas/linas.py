@@ -94,7 +94,7 @@ class PredictorSearch(NSGA2Search):
             self._cheap_cache[key] = self.problem.compute(arch, names)
         return self._cheap_cache[key]
 
-    def _features(self, archs: list[Arch]) -> np.ndarray:
+    def features(self, archs: list[Arch]) -> np.ndarray:
         sizes = [max(len(d.choices) - 1, 1) for d in self.space]
         rows = []
         for arch in archs:
@@ -105,14 +105,14 @@ class PredictorSearch(NSGA2Search):
     def _fit(self, done: list[Trial]):
         """A function from archs to (predicted objective values, violation of cheap constraints)."""
         objectives, cheap = self.problem.objectives, set(self.problem.cheap)
-        x = self._features([t.arch for t in done])
+        x = self.features([t.arch for t in done])
         models = {}
         for k, name in enumerate(objectives):
             if name not in cheap:
                 models[name] = make_predictor(self.predictor, self.seed).fit(x, [t.values[k] for t in done])
 
         def predict(archs: list[Arch]) -> tuple[np.ndarray, np.ndarray]:
-            features = self._features(archs)
+            features = self.features(archs)
             columns = [models[n].predict(features) if n in models else
                        np.array([self._cheap(a)[n] for a in archs]) for n in objectives]
             violation = np.array([self.problem.violation(self._cheap(a)) for a in archs])
