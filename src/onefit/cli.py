@@ -115,6 +115,8 @@ def export_command(
     int8: bool = typer.Option(False, "--int8", help="quantize to int8 (static QDQ for convolutional models)"),
     name: str = typer.Option("model", help="file name under RUN/models/"),
     min_cosine: float = typer.Option(None, help="parity floor (default 0.99999 fp32, 0.98 int8)"),
+    full_range: bool = typer.Option(False, "--full-range", help="int8 weights on 8 bits, not 7: only for "
+                                    "CPUs with VNNI or ARM (x86 AVX2 without VNNI overflows)"),
 ) -> None:
     """Extract one sub-model from a run folder and export it to a verified ONNX file."""
     import json
@@ -136,7 +138,8 @@ def export_command(
         example = family.example_inputs[0]
         target = run / "models" / f"{name}{'-int8' if int8 else ''}.onnx"
         report = export(module, target, (example,), quantize="int8" if int8 else None,
-                        calibration=train_data, eval_data=test_data, min_cosine=min_cosine)
+                        calibration=train_data, eval_data=test_data, min_cosine=min_cosine,
+                        reduce_range=not full_range)
     except (ValueError, ExportError, json.JSONDecodeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

@@ -134,6 +134,7 @@ def export(
     atol: float = 1e-4,
     min_cosine: float | None = None,
     bits: Mapping[str, int] | None = None,
+    reduce_range: bool = True,
 ) -> ExportReport:
     """Export ``module`` to ``path`` as one ONNX file, verified against PyTorch.
 
@@ -141,6 +142,8 @@ def export(
     convolutions, dynamic quantization for Linear-only models. Parity: fp32 must match within
     ``atol`` (relative to the output scale) and cosine 0.99999; int8 must reach ``min_cosine``
     (default 0.98). ``eval_data`` of ``(x, y)`` batches adds the accuracy change to the report.
+    reduce_range (int8): 7-bit weights, which every x86 CPU runs without overflow; ``False`` keeps
+    8-bit weights, for files that will only run on CPUs with VNNI or on ARM.
 
     bits: the bit-width of each layer of a quantized sub-model (``family.bits(arch)``; a layer left
     out runs at 32). With ``quantize="int8"`` only the 8-bit layers become int8 (QDQ) and the
@@ -166,7 +169,7 @@ def export(
     method = "fp32"
     if quantize == "int8":
         exclude = () if bits is None else excluded_nodes(model_bytes, bits)
-        model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude)
+        model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude, reduce_range)
     try:
         session = _session(model_bytes)
     except Exception as err:

@@ -86,9 +86,13 @@ def excluded_nodes(model_bytes: bytes, bits: Mapping[str, int]) -> list[str]:
 
 
 def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None,
-                  exclude: Sequence[str] = ()) -> tuple[bytes, str]:
+                  exclude: Sequence[str] = (), reduce_range: bool = True) -> tuple[bytes, str]:
     """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic"); the nodes
-    named in ``exclude`` stay in fp32."""
+    named in ``exclude`` stay in fp32.
+
+    reduce_range: weights on 7 bits. x86 CPUs without VNNI (AVX2 only) multiply u8 activations by
+    s8 weights in 16-bit pairs that saturate with full-range weights: on an AMD EPYC the digits
+    CNN's int8 file reached cosine 0.9967 to PyTorch, and 0.99992 with 7-bit weights."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static,
@@ -116,9 +120,9 @@ def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | N
 
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(exclude))
+                            reduce_range=reduce_range, nodes_to_exclude=list(exclude))
             return dst.read_bytes(), "static-qdq"
         # Per-channel weight scales: on MiniLM, embedding cosine to fp32 goes from ~0.94 to ~0.98+.
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         nodes_to_exclude=list(exclude))
+                         reduce_range=reduce_range, nodes_to_exclude=list(exclude))
         return dst.read_bytes(), "dynamic"
