@@ -63,14 +63,14 @@ def memoized(problem: Problem) -> Problem:
 
     def lookup(name):
         def fn(arch):
-            key = problem.space.key(arch)
+            key = problem.key(arch)
             if key not in cache:
                 cache[key] = problem.compute(arch, [n for n, m in problem.metrics.items() if not m.cheap])
             return cache[key][name]
         return fn
 
     metrics = {n: m if m.cheap else Metric(lookup(n)) for n, m in problem.metrics.items()}
-    return Problem(problem.space, metrics, problem.objectives, problem.constraints)
+    return Problem(problem.space, metrics, problem.objectives, problem.constraints, problem.canonical)
 
 
 def box(problem: Problem, max_error: float) -> tuple[dict, dict]:

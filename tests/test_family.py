@@ -46,6 +46,19 @@ def test_extract_equals_the_elastic_forward_and_is_smaller(zoo_case):
         assert not [type(m) for m in sub.modules() if type(m).__module__.startswith("onefit.elastic")]
 
 
+def test_archs_with_the_same_canonical_form_are_the_same_sub_model(zoo_case):
+    name, model, x = zoo_case
+    family = onefit.elasticize(model, (x,)).eval()
+    rng = random.Random(0)
+    for arch in [family.space.min()] + [family.space.sample(rng) for _ in range(3)]:
+        canonical = family.canonical(arch)
+        assert family.canonical(canonical) == canonical
+        assert {k for k in arch if arch[k] != canonical[k]} <= family.idle(arch)
+        with torch.no_grad():
+            assert torch.equal(family.extract(arch)(x), family.extract(canonical)(x)), (name, arch)
+        assert onefit.costs(family, arch) == onefit.costs(family, canonical), (name, arch)
+
+
 def test_the_smallest_sub_model_really_shrinks(zoo_case):
     name, model, x = zoo_case
     family = onefit.elasticize(model, (x,))

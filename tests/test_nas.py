@@ -194,3 +194,12 @@ def test_a_searcher_stuck_on_measured_archs_stops_with_a_warning():
     with pytest.warns(UserWarning, match="Stuck kept proposing archs already evaluated; stopped after 1 of 5"):
         front = search(toy_problem(), Stuck(seed=0), budget=5, progress=False)
     assert len(front.evaluated) == 1
+
+
+def test_the_front_table_shows_only_what_was_measured():
+    from onefit.report.tables import front_table
+
+    front = search(toy_problem(), RandomSearch(seed=0), budget=8, progress=False)
+    table = front_table(front, "toy")
+    assert [c.header for c in table.columns] == ["#", "loss", "size"]  # no empty params / macs columns
+    assert table.row_count == len(front)

@@ -8,7 +8,8 @@ import torch
 import onefit
 from onefit.cost.latency_model import LatencyModel
 from onefit.data import digits, validation_split
-from onefit.nas import family_problem
+from onefit.nas import family_problem, search
+from onefit.nas.base import Searcher
 from onefit.space import Dimension, Space
 
 
@@ -69,3 +70,35 @@ def test_a_subspace_fixes_choices_and_is_checked(trained):
         family_problem(family, val, space=wrong)
     with pytest.raises(ValueError, match="space must have the family's dimensions"):
         family_problem(family, val, space=Space([Dimension("x", "width", (1, 2))]))
+
+
+class Scripted(Searcher):
+    """Asks the archs it is given, in order; passes what it is told to ``on_tell`` (search() copies
+    the searcher, so the test sees the tells through this function)."""
+
+    def __init__(self, archs, on_tell):
+        super().__init__()
+        self.archs, self.on_tell = list(archs), on_tell
+
+    def ask(self):
+        return self.archs.pop(0)
+
+    def tell(self, trial):
+        self.on_tell(trial)
+
+
+def test_a_search_measures_each_sub_model_once(trained):
+    family, _, val = trained
+    problem = family_problem(family, val)
+    small = family.space.min()  # skips blocks: the widths inside them are idle
+    idle = family.idle(small)
+    assert any(n.startswith("width:") for n in idle)
+    twin = {**small, **{n: family.space[n].choices[-1] for n in idle}}  # another arch, the same sub-model
+    assert twin != small and problem.key(twin) == problem.key(small)
+    assert problem.key(family.space.max()) != problem.key(small)
+    told = []
+    front = search(problem, Scripted([small, twin, family.space.max()], lambda t: told.append(t)),
+                   budget=2, progress=False)
+    assert [t.arch for t in front.evaluated] == [small, family.space.max()]  # the twin cost nothing
+    assert [t.arch for t in told] == [small, twin, family.space.max()]  # each ask answered with its own arch
+    assert told[1].values == told[0].values

@@ -206,8 +206,9 @@ def search_command(
 
     from onefit.demo import summarize
 
-    Console().print(front_table(front, f"front: {len(front)} of {len(front.evaluated)} evaluated (validation error)",
-                                lambda arch: summarize(family, arch)))
+    console = Console()
+    console.print(f"front: {len(front)} of {len(front.evaluated)} evaluated (validation error)")
+    console.print(front_table(front, None, lambda arch: summarize(family, arch)))
     typer.echo(f"wrote {run / 'front.json'}, {run / 'front.csv'} and {len(plots)} plot(s) in {run / 'plots'}")
 
 

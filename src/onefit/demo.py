@@ -42,7 +42,8 @@ def spread(items: list, n: int) -> list:
 
 def summarize(family, arch: dict) -> str:
     depths = [str(v) for k, v in arch.items() if k.startswith("depth:")]
-    fractions = [v / family.space[k].choices[-1] for k, v in arch.items() if k.startswith("width:")]
+    idle = family.idle(arch)  # widths inside skipped blocks say nothing about this sub-model
+    fractions = [v / family.space[k].choices[-1] for k, v in arch.items() if k.startswith("width:") and k not in idle]
     width = 100 * sum(fractions) / max(len(fractions), 1)
     return f"d{'+'.join(depths) or '-'} w{width:.0f}%"
 
@@ -129,7 +130,8 @@ def print_table(result: dict) -> None:
     data = result["front"]
     front = Front([Trial.from_json(t) for t in data["front"]], data["objectives"])
     names = {json.dumps(t["arch"], sort_keys=True): s for t, s in zip(data["front"], data["summaries"])}
-    console.print(front_table(front, f"error x MACs x params front: {len(front)} of {data['evaluated']} "
-                                     f"evaluated sub-models (validation error)",
-                              lambda arch: names[json.dumps(arch, sort_keys=True)], limit=12))
+    # a line above the table, not its title: rich wraps a title to the table's width
+    console.print(f"error x MACs x params front: {len(front)} of {data['evaluated']} evaluated sub-models "
+                  "(validation error)")
+    console.print(front_table(front, None, lambda arch: names[json.dumps(arch, sort_keys=True)], limit=12))
     console.print(f"demo took {result['seconds']} s")

@@ -138,6 +138,31 @@ class Family(nn.Module):
             for module, attr, value in saved:
                 setattr(module, attr, value)
 
+    def idle(self, arch: Mapping[str, Any]) -> set[str]:
+        """Dimensions that cannot change the sub-model ``arch``: the widths, bits and ranks (and
+        nested depths) of layers that lie only in blocks ``arch`` skips."""
+        skipped = self.skipped(arch) if self.plan.stages else ()
+        if not skipped:
+            return set()
+
+        def gone(name: str) -> bool:
+            return f"{name}.".startswith(skipped)
+
+        live = {g for layer in self.plan.layers.values() if not gone(layer.name)
+                for g in (layer.in_group, layer.out_group, *(g for g, _ in layer.in_segments))}
+        live |= {g for module, _, g in self.plan.bindings if not gone(module)}
+        return ({g.name for gid, g in self.plan.groups.items() if gid not in live}
+                | {f"bits:{n}" for n in self.quantizable if gone(n)}
+                | {f"rank:{n}" for n in self.factorized if gone(n)}
+                | {s.dim_name for s in self.plan.stages if gone(s.name)}) & set(self.space.names)
+
+    def canonical(self, arch: Mapping[str, Any]) -> Arch:
+        """``arch`` with its idle dimensions at their largest value: two archs with the same
+        canonical form are the same sub-model, so a search measures only one of them."""
+        arch, top = self.space.complete(arch), self.space.max()
+        idle = self.idle(arch)
+        return {k: top[k] if k in idle else v for k, v in arch.items()}
+
     # -- extraction ----------------------------------------------------------------------------
     def layer_sizes(self, arch: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
         """(input features, output features) of every bound layer for ``arch``."""

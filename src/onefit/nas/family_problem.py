@@ -57,7 +57,7 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     latency_metric = _latency(family, latency)
     if latency_metric is not None:
         metrics["latency_ms"] = latency_metric
-    return Problem(space, metrics, objectives, constraints)
+    return Problem(space, metrics, objectives, constraints, canonical=family.canonical)
 
 
 def _subspace(full: Space, part: Space | None) -> Space:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ class SearchError(RuntimeError):
 
 def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | Path | None = None,
            study_name: str = "onefit", progress: bool = True) -> Front:
-    """Evaluate up to ``budget`` distinct archs proposed by ``searcher``; return the Pareto front.
+    """Evaluate up to ``budget`` distinct sub-models proposed by ``searcher``; return the Pareto front.
 
     With ``storage`` (a path or database URL) every evaluation is recorded as it finishes, and a
     search started again on the same study goes on from there: recorded trials are told to the
@@ -38,7 +39,7 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
     searcher = copy.deepcopy(searcher)
     searcher.setup(problem)
     trials = study.trials()
-    done = {problem.space.key(t.arch): t for t in trials}
+    done = {problem.key(t.arch): t for t in trials}
     for trial in trials:  # a resumed study: the searcher learns what was already measured
         searcher.tell(trial)
     repeats = 0
@@ -46,9 +47,9 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
         task = bar.add_task(f"search {type(searcher).__name__}", total=budget, completed=len(done))
         while len(done) < min(budget, problem.space.size) and repeats < 10 * budget:
             arch = problem.space.validate(searcher.ask())
-            key = problem.space.key(arch)
-            if key in done:  # measured already: tell it again, spend nothing
-                searcher.tell(done[key])
+            key = problem.key(arch)
+            if key in done:  # measured already (maybe as another arch of the same sub-model): spend nothing
+                searcher.tell(dataclasses.replace(done[key], arch=arch))
                 repeats += 1
                 continue
             trial = problem.evaluate(arch)

@@ -31,11 +31,17 @@ class Metric:
 
 
 class Problem:
-    """Minimise ``objectives`` (metric names, in order) over ``space`` subject to ``constraints``."""
+    """Minimise ``objectives`` (metric names, in order) over ``space`` subject to ``constraints``.
+
+    ``canonical`` maps an arch to the representative of the archs that are the same sub-model
+    (``Family.canonical``: widths of skipped blocks do not matter); a search measures each once.
+    """
 
     def __init__(self, space: Space, metrics: Mapping[str, Metric | Callable[[Arch], float]],
-                 objectives: Sequence[str], constraints: Mapping[str, float] | None = None):
+                 objectives: Sequence[str], constraints: Mapping[str, float] | None = None,
+                 canonical: Callable[[Arch], Arch] | None = None):
         self.space = space
+        self.canonical = canonical  # archs with the same canonical form are one sub-model
         self.metrics = {k: m if isinstance(m, Metric) else Metric(m) for k, m in metrics.items()}
         self.objectives = tuple(objectives)
         self.constraints = dict(constraints or {})
@@ -59,6 +65,11 @@ class Problem:
     def cheap(self) -> tuple[str, ...]:
         """Objectives computed without running the sub-model."""
         return tuple(n for n in self.objectives if self.metrics[n].cheap)
+
+    def key(self, arch: Mapping[str, Any]) -> str:
+        """The same string for archs that are the same sub-model (``canonical``), for deduplication."""
+        arch = self.space.validate(arch)
+        return self.space.key(arch if self.canonical is None else self.canonical(arch))
 
     def compute(self, arch: Arch, names: Iterable[str]) -> dict[str, float]:
         return {n: float(self.metrics[n].fn(arch)) for n in names}

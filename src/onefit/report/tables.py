@@ -15,14 +15,15 @@ def _cell(name: str, value: float) -> str:
     return f"{value:.3g}"
 
 
-def front_table(front: Front, title: str, summarize=None, limit: int = 20):
+def front_table(front: Front, title: str | None, summarize=None, limit: int = 20):
     """One row per arch on the front (at most ``limit``, evenly spread), objectives first, then the
-    other counts; ``summarize(arch) -> str`` gives the arch column."""
+    other counts that were measured; ``summarize(arch) -> str`` gives the arch column."""
     from rich.table import Table
 
     from onefit.demo import spread
 
-    names = list(front.objectives) + [n for n in COUNTS if n not in front.objectives]
+    measured = {n for t in front.trials for n in t.metrics}
+    names = list(front.objectives) + [n for n in COUNTS if n not in front.objectives and n in measured]
     table = Table(title=title)
     table.add_column("#", justify="right")
     if summarize is not None:
