@@ -102,3 +102,12 @@ def test_a_search_measures_each_sub_model_once(trained):
     assert [t.arch for t in front.evaluated] == [small, family.space.max()]  # the twin cost nothing
     assert [t.arch for t in told] == [small, twin, family.space.max()]  # each ask answered with its own arch
     assert told[1].values == told[0].values
+
+
+def test_a_subspace_without_the_largest_widths_still_dedupes(trained):
+    family, _, val = trained
+    part = Space([Dimension(d.name, d.kind, d.choices[:-1]) if d.kind == "width" else d for d in family.space])
+    problem = family_problem(family, val, space=part)
+    small = part.min()
+    twin = {**small, **{n: part[n].choices[-1] for n in family.idle(small)}}
+    assert twin != small and problem.key(twin) == problem.key(small)

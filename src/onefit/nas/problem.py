@@ -14,6 +14,7 @@ upper bounds on metrics by name: ``constraints={"latency_ms": 2.0, "weight_bytes
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -69,7 +70,10 @@ class Problem:
     def key(self, arch: Mapping[str, Any]) -> str:
         """The same string for archs that are the same sub-model (``canonical``), for deduplication."""
         arch = self.space.validate(arch)
-        return self.space.key(arch if self.canonical is None else self.canonical(arch))
+        if self.canonical is None:
+            return self.space.key(arch)
+        # not validated against self.space: a subspace may leave out the value idle dimensions take
+        return json.dumps(self.canonical(arch), sort_keys=True, separators=(",", ":"))
 
     def compute(self, arch: Arch, names: Iterable[str]) -> dict[str, float]:
         return {n: float(self.metrics[n].fn(arch)) for n in names}
