@@ -111,3 +111,20 @@ def test_a_subspace_without_the_largest_widths_still_dedupes(trained):
     small = part.min()
     twin = {**small, **{n: part[n].choices[-1] for n in family.idle(small)}}
     assert twin != small and problem.key(twin) == problem.key(small)
+
+
+@pytest.mark.parametrize("name", ["random", "nsga2", "linas", "n2n"])
+def test_searchers_do_not_propose_a_sub_model_twice(trained, name):
+    from onefit.nas import SEARCHERS
+
+    family, train_data, val = trained
+    problem = family_problem(family, val, calibration=train_data, bn_batches=1)
+    asks = []
+
+    class Counted(SEARCHERS[name]):
+        def ask(self):
+            asks.append(1)
+            return super().ask()
+
+    front = search(problem, Counted(seed=0), budget=25, progress=False)
+    assert len(front.evaluated) == 25 and len(asks) == 25  # no ask spent on another arch of a measured sub-model

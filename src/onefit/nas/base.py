@@ -93,6 +93,13 @@ class Searcher(ABC):
             raise RuntimeError(f"{type(self).__name__}: call setup(problem) before ask() or tell()")
         return self.problem.space
 
+    def key(self, arch: Arch) -> str:
+        """The problem's key of ``arch``: archs that are the same sub-model share it, so "seen"
+        sets keyed by it never propose a sub-model twice."""
+        if self.problem is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup(problem) before ask() or tell()")
+        return self.problem.key(arch)
+
     @abstractmethod
     def ask(self) -> Arch:
         """The next arch to evaluate (always one of the space)."""

@@ -76,8 +76,8 @@ class PredictorSearch(NSGA2Search):
             pool += make_offspring(self.space, pool[: self.population], self.rng, self.population)
             pool = [pool[i] for i in self._order(pool, predict)]
         seen = self._asked | set(self._told)
-        fresh = [a for a in (to_arch(self.space, p) for p in pool) if self.space.key(a) not in seen]
-        unique = list({self.space.key(a): a for a in fresh}.values())
+        fresh = [a for a in (to_arch(self.space, p) for p in pool) if self.key(a) not in seen]
+        unique = list({self.key(a): a for a in fresh}.values())
         return unique[: self.batch] or [self.space.sample(self.rng)]
 
     def _order(self, pool: list[list[int]], predict) -> list[int]:

@@ -136,16 +136,15 @@ class N2NSearch(Searcher):
 
     def ask(self) -> Arch:
         teacher = self.space.max()
-        if not self._teacher_asked and self.space.key(teacher) not in self._seen:
+        if not self._teacher_asked and self.key(teacher) not in self._seen:
             self._teacher_asked = True  # the reference R_a and C are measured against
-            self._seen.add(self.space.key(teacher))
+            self._seen.add(self.key(teacher))
             return teacher
         self._teacher_asked = True
         w = self.rng.choice(self.weights)
         arch, actions = self._propose(w)
-        key = self.space.key(arch)
-        self._seen.add(key)
-        self._pending.setdefault(key, []).append((actions, w))
+        self._seen.add(self.key(arch))
+        self._pending.setdefault(self.space.key(arch), []).append((actions, w))  # the exact arch comes back
         return arch
 
     def _propose(self, w: float) -> tuple[Arch, torch.Tensor]:
@@ -153,7 +152,7 @@ class N2NSearch(Searcher):
             with torch_threads(1):  # a policy this small only loses to thread hand-offs
                 drawn, _ = self._policy(torch.full((self.retries,), math.log(w)), generator=self._generator)
         candidates = [(self._arch(a), a) for a in drawn]  # drawn [retries, D]
-        fresh = [c for c in candidates if self.space.key(c[0]) not in self._seen]
+        fresh = [c for c in candidates if self.key(c[0]) not in self._seen]
         for arch, actions in fresh:
             if self.problem.cheap_violation(arch) == 0:
                 return arch, actions
@@ -169,7 +168,7 @@ class N2NSearch(Searcher):
         for _ in range(100 if movable else 0):
             dim = self.rng.choice(movable)
             arch[dim.name] = self.rng.choice([c for c in dim.choices if c != arch[dim.name]])
-            if self.space.key(arch) not in self._seen:
+            if self.key(arch) not in self._seen:
                 return arch
         return None
 
@@ -181,7 +180,7 @@ class N2NSearch(Searcher):
 
     def tell(self, trial: Trial) -> None:
         key = self.space.key(trial.arch)
-        self._seen.add(key)
+        self._seen.add(self.key(trial.arch))
         self._record(trial)
         if self._pending.get(key):  # one of ours: an episode to reinforce
             actions, w = self._pending[key].pop(0)

@@ -101,17 +101,18 @@ class NSGA2Search(Searcher):
         self._asked: set[str] = set()
 
     def ask(self) -> Arch:
-        while True:
+        for _ in range(1000):  # then every sub-model has been asked (a space with twins): repeat one
             if not self._queue:
                 self._queue = self._next_generation()
             arch = self._queue.pop(0)
-            key = self.space.key(arch)
+            key = self.key(arch)
             if key not in self._asked and key not in self._told or self._exhausted():
-                self._asked.add(key)
-                return arch
+                break
+        self._asked.add(key)
+        return arch
 
     def tell(self, trial: Trial) -> None:
-        self._told[self.space.key(trial.arch)] = trial
+        self._told[self.key(trial.arch)] = trial
 
     def _exhausted(self) -> bool:
         return len(self._asked | set(self._told)) >= self.space.size
@@ -132,7 +133,7 @@ class NSGA2Search(Searcher):
         children = make_offspring(self.space, parents, self.rng, 4 * self.population, self.crossover, self.mutation)
         fresh, seen = [], self._asked | set(self._told)
         for child in map(lambda c: to_arch(self.space, c), children):
-            if (key := self.space.key(child)) not in seen:
+            if (key := self.key(child)) not in seen:
                 seen.add(key)
                 fresh.append(child)
         return fresh[: self.population] or [self.space.sample(self.rng)]

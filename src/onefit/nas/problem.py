@@ -43,6 +43,7 @@ class Problem:
                  canonical: Callable[[Arch], Arch] | None = None):
         self.space = space
         self.canonical = canonical  # archs with the same canonical form are one sub-model
+        self._keys: dict[str, str] = {}
         self.metrics = {k: m if isinstance(m, Metric) else Metric(m) for k, m in metrics.items()}
         self.objectives = tuple(objectives)
         self.constraints = dict(constraints or {})
@@ -69,11 +70,13 @@ class Problem:
 
     def key(self, arch: Mapping[str, Any]) -> str:
         """The same string for archs that are the same sub-model (``canonical``), for deduplication."""
-        arch = self.space.validate(arch)
+        exact = self.space.key(arch)
         if self.canonical is None:
-            return self.space.key(arch)
-        # not validated against self.space: a subspace may leave out the value idle dimensions take
-        return json.dumps(self.canonical(arch), sort_keys=True, separators=(",", ":"))
+            return exact
+        if exact not in self._keys:  # searchers ask for thousands of candidates' keys
+            # not validated against self.space: a subspace may leave out the value idle dimensions take
+            self._keys[exact] = json.dumps(self.canonical(json.loads(exact)), sort_keys=True, separators=(",", ":"))
+        return self._keys[exact]
 
     def compute(self, arch: Arch, names: Iterable[str]) -> dict[str, float]:
         return {n: float(self.metrics[n].fn(arch)) for n in names}

@@ -19,10 +19,10 @@ class RandomSearch(Searcher):
     def ask(self) -> Arch:
         for _ in range(100):  # a fresh arch while the space has them; then a repeat is fine
             arch = self.space.sample(self.rng)
-            if self.space.key(arch) not in self._seen:
+            if self.key(arch) not in self._seen:
                 break
-        self._seen.add(self.space.key(arch))
+        self._seen.add(self.key(arch))
         return arch
 
     def tell(self, trial: Trial) -> None:
-        self._seen.add(self.space.key(trial.arch))
+        self._seen.add(self.key(trial.arch))
