@@ -116,3 +116,126 @@ def test_training_killed_with_sigkill_resumes_where_it_stopped(tmp_path):
     history = onefit.load(folder).history
     assert [h["epoch"] for h in history] == list(range(1, done + 2))
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+EXACT_SCRIPT = textwrap.dedent("""
+    import sys, time, torch, onefit
+    from torch.utils.data import DataLoader, TensorDataset
+    from onefit.data import digits
+
+    class Slow(TensorDataset):  # slow enough to be killed between two epochs
+        def __getitem__(self, i):
+            time.sleep(float(sys.argv[3]))
+            return super().__getitem__(i)
+
+    torch.manual_seed(0)
+    train, _ = digits(batch_size=32)
+    x, y = train.dataset.tensors
+    data = DataLoader(Slow(x[:384], y[:384]), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    family = onefit.elasticize(model, (torch.randn(2, 1, 8, 8),))
+    onefit.train(family, data, epochs=int(sys.argv[2]), checkpoint=sys.argv[1], progress=False)
+""")
+
+
+def test_a_resumed_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path):
+    """Loader order, sampled sub-models, dropout: a run killed with SIGKILL and resumed computes
+    exactly what the run that was never stopped computes."""
+    script = tmp_path / "train.py"
+    script.write_text(EXACT_SCRIPT)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    subprocess.run([sys.executable, str(script), str(whole), "5", "0"], check=True, timeout=300)
+    proc = subprocess.Popen([sys.executable, str(script), str(resumed), "5", "0.004"])
+    deadline = time.time() + 120
+    while not (resumed / "family.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((resumed / "family.json").read_text())["progress"]["epoch"]
+    assert 1 <= done < 5
+    subprocess.run([sys.executable, str(script), str(resumed), "5", "0"], check=True, timeout=300)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    a, b = onefit.load(whole, model=model), onefit.load(resumed, model=model)
+    assert [h["loss_mean"] for h in a.history] == [h["loss_mean"] for h in b.history]
+    for (name, p), q in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_training_to_fewer_epochs_than_the_checkpoint_holds_is_refused(tmp_path):
+    torch.manual_seed(0)
+    family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),))
+    batches = [(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))] * 2
+    onefit.train(family, batches, epochs=3, checkpoint=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"already holds 3 epochs of training; epochs=2 asks for fewer"):
+        onefit.train(family, batches, epochs=2, checkpoint=tmp_path / "run", progress=False)
+    with pytest.warns(UserWarning, match="already holds all 3 epochs; nothing left to train"):
+        history = onefit.train(family, batches, epochs=3, checkpoint=tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def _rewrite(folder, manifest: dict) -> None:
+    from onefit.checkpoint import _manifest_digest
+
+    manifest["sha256"] = _manifest_digest(manifest)
+    (folder / "family.json").write_text(json.dumps(manifest))
+
+
+def test_loading_a_folder_never_runs_code_it_names(tmp_path, monkeypatch):
+    import os
+
+    family = trained_family()
+    folder = tmp_path / "fam"
+    family.save(folder)
+    manifest = json.loads((folder / "family.json").read_text())
+    proof = tmp_path / "ran"
+    calls = []
+    monkeypatch.setattr(os, "system", lambda command: calls.append(command))
+    manifest["source"] = {"factory": "os:system", "kwargs": {"command": f"touch {proof}"}}
+    _rewrite(folder, manifest)
+    with pytest.raises(CheckpointError, match="'os:system' is not one of onefit's own factories"):
+        onefit.load(folder)
+    assert not calls and not proof.exists()
+    # a tampered manifest (its hash no longer matches) is refused before anything in it is used
+    manifest["source"]["factory"] = "onefit.zoo:resnet"
+    (folder / "family.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="manifest was changed"):
+        onefit.load(folder)
+    # the caller may pass the model, or opt in; then the import is named first
+    manifest["source"] = {"factory": "tests_factory_module:build", "kwargs": {}}
+    _rewrite(folder, manifest)
+    (tmp_path / "tests_factory_module.py").write_text(
+        "import onefit\ndef build():\n    return onefit.zoo.resnet(widths=[8, 16], blocks=[2, 2])\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="trust_code=True"):
+        onefit.load(folder)
+    assert onefit.load(folder, model=onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2))).space == family.space
+    with pytest.warns(UserWarning, match="importing and running the model factory 'tests_factory_module:build'"):
+        assert onefit.load(folder, trust_code=True).space == family.space
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2]", "holds a JSON list"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (json.dumps({"format": "onefit-family", "version": 1, "config": {}, "space": []}).encode(), "'weights' \\(missing\\)"),
+    (json.dumps({"format": "onefit-family", "version": 1, "config": {}, "space": [], "example_inputs": [],
+                 "weights": {"file": "../../etc/passwd", "sha256": "0"}}).encode(), "not a plain file name"),
+    (json.dumps({"format": "onefit-family", "version": 1, "config": {"widht": [1]}, "space": [],
+                 "example_inputs": [], "weights": {"file": "w.safetensors", "sha256": "0"},
+                 "source": {"factory": "onefit.zoo:mlp"}}).encode(), "config is not an ElasticConfig"),
+    (json.dumps({"format": "onefit-family", "version": 1, "config": {}, "space": [],
+                 "example_inputs": [{"shape": [1], "dtype": "load"}], "weights": {"file": "w.safetensors", "sha256": "0"},
+                 "source": {"factory": "onefit.zoo:mlp"}}).encode(), "an example input must be"),
+])
+def test_a_manifest_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, content, message):
+    (tmp_path / "family.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        onefit.load(tmp_path)
+
+
+def test_a_family_of_a_zoo_model_saves_and_loads_as_the_readme_shows(tmp_path):
+    model = onefit.zoo.resnet(widths=(8, 16), blocks=(1, 1))
+    family = onefit.elasticize(model, (torch.randn(1, 1, 8, 8),))
+    family.save(tmp_path / "fam")
+    assert onefit.load(tmp_path / "fam").space == family.space

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 import onefit
@@ -60,3 +61,19 @@ def test_cli_inspect_takes_a_module_function_path():
     assert bad.exit_code == 2 and "expected input[1, 3, 8, 8] to have 1 channels" in bad.output
     missing = runner.invoke(app, ["inspect", "onefit.zoo:nothing"])
     assert missing.exit_code == 2 and "cannot import 'onefit.zoo:nothing'" in missing.output
+
+
+def test_a_layer_after_an_unknown_op_says_that_op_fixes_its_input():
+    class Cumulative(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second, self.head = nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            y = torch.relu(torch.cumsum(self.first(x), dim=-1))  # cumsum: an op onefit does not know
+            return self.head(torch.relu(self.second(y)))
+
+    rows = {row.name: row for row in onefit.inspect(Cumulative(), (torch.randn(2, 6),)).layers}
+    assert rows["first"].width_in == "fixed (model input)"
+    assert "cumsum" in rows["second"].width_in and "model input" not in rows["second"].width_in
+    assert rows["second"].width_out.startswith("width:")  # the layer itself still shrinks its output

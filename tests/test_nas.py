@@ -203,3 +203,39 @@ def test_the_front_table_shows_only_what_was_measured():
     table = front_table(front, "toy")
     assert [c.header for c in table.columns] == ["#", "loss", "size"]  # no empty params / macs columns
     assert table.row_count == len(front)
+
+
+def test_a_storage_url_with_a_scheme_typo_is_refused_not_made_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for typo in ("postgresql:/host/db", "postgres:host/db", "sqlite:study.db", "postgersql://host/db"):
+        with pytest.raises(StudyError, match="not a database URL"):
+            search(toy_problem(), RandomSearch(), budget=2, storage=typo, progress=False)
+    assert not list(tmp_path.iterdir()), "a typo of a URL left files behind"
+    from onefit.nas.study import storage_url
+
+    assert storage_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert storage_url(tmp_path / "a:b.db").endswith("a:b.db")  # a Path is a path, colon or not
+
+
+RACE = """
+import sys, time
+from onefit.nas.problem import toy_problem
+from onefit.nas.study import Study
+
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+Study(sys.argv[1], toy_problem())
+"""
+
+
+def test_processes_creating_one_new_study_at_once_all_open_it(tmp_path):
+    script = tmp_path / "race.py"
+    script.write_text(textwrap.dedent(RACE))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for round_ in range(3):
+        db = tmp_path / f"study{round_}.db"
+        start = time.time() + 4.0  # every process has imported optuna by then
+        procs = [subprocess.Popen([sys.executable, str(script), str(db), str(start)], env=env,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-2000:]

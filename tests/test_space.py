@@ -55,3 +55,20 @@ def test_nested_chain_grows_one_choice_at_a_time(space):
     for small, big in zip(chain, chain[1:]):
         grown = [k for k in small if small[k] != big[k]]
         assert len(grown) == 1 and big[grown[0]] > small[grown[0]]
+
+
+def test_values_of_the_wrong_type_are_refused_even_when_equal(space):
+    import numpy as np
+
+    name = space.names[0]
+    allowed = space[name].choices
+    for wrong in (float(allowed[-1]), str(allowed[-1])):
+        with pytest.raises(ArchError, match=rf"{name!r}.*value {wrong!r}.* is not allowed; allowed values are"):
+            space.complete({name: wrong})
+    with pytest.raises(ArchError, match=r"\(float, not int\)"):
+        space.complete({name: float(allowed[-1])})
+    arch = space.complete({name: np.int64(allowed[0])})  # an integer of another type is that integer
+    assert arch[name] == allowed[0] and type(arch[name]) is int
+    bools = Space([Dimension("flag", "width", (0, 1))])
+    with pytest.raises(ArchError, match="bool"):
+        bools.validate({"flag": True})

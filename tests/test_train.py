@@ -101,3 +101,17 @@ def test_elasticize_does_not_touch_batch_norm_statistics():
     with torch.no_grad():
         assert torch.allclose(family(x), model(x), atol=1e-6)
     assert model.training is False and family.module.stages.training is False
+
+
+def test_inputs_of_another_dtype_and_labels_out_of_range_are_data_errors(data):
+    family = small_family()
+    x, y = next(iter(data[0]))
+    for wrong in (x.double(), (x * 16).to(torch.uint8)):
+        with pytest.raises(DataError, match=f"inputs of dtype {str(wrong.dtype)[6:]}; the family was built for float32"):
+            onefit.train(family, [(wrong, y)], epochs=1, progress=False)
+    for labels, shown in ((y.clone().fill_(10), "from 10 to 10"), (y - 1, "from -1 to")):
+        with pytest.raises(DataError, match=f"labels {shown}.*10 outputs, so labels must lie in 0..9"):
+            onefit.train(family, [(x, labels)], epochs=1, progress=False)
+    # a batch that changes shape after the first is caught too, not only the first batch
+    with pytest.raises(DataError, match=r"inputs of shape \(64, 64\)"):
+        onefit.train(family, [(x, y), (x.flatten(1), y)], epochs=1, progress=False)

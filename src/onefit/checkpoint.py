@@ -3,14 +3,16 @@
 A folder holds ``family.json`` and the tensor files it names, each named by its content hash.
 Saving writes the tensor files first and the manifest last with an atomic rename, then removes
 files no manifest names, so a save killed at any point leaves the previous checkpoint whole.
-Loading rebuilds the model (from the recorded ``module:function`` factory, or a model you pass),
-elasticizes it the same way, and checks the space, the hashes, every key and every shape.
+The manifest carries the sha256 of its own content, checked before anything in it is used.
+Loading rebuilds the model (from the recorded factory, or a model you pass), elasticizes it the
+same way, and checks the space, the hashes, every key and every shape. A recorded factory is
+imported only when it is one of onefit's own (``onefit.zoo:NAME``) or the caller says
+``trust_code=True``: opening a folder never runs code the folder names (``onefit.trust``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import tempfile
@@ -22,7 +24,8 @@ import safetensors.torch
 from torch import nn
 
 FORMAT = "onefit-family"
-VERSION = 1
+VERSION = 2  # 2: the manifest records its own sha256; version 1 folders (no hash) still load
+VERSIONS = (1, 2)
 MANIFEST = "family.json"
 
 
@@ -102,6 +105,7 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
         tensors, meta = _optimizer_tensors(optimizer)
         manifest["optimizer"] = {**_write_tensors(directory, "optimizer", tensors), **meta}
         manifest["progress"] = progress or {}
+    manifest["sha256"] = _manifest_digest(json.loads(json.dumps(manifest)))  # as it will read back
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
     named = {manifest["weights"]["file"], manifest.get("optimizer", {}).get("file")}
     for stale in directory.glob("*.safetensors"):
@@ -110,45 +114,96 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
     return directory
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's content without its own ``sha256`` entry, in canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# Entries every manifest has, and the JSON type each must be.
+_SHAPE = {"format": str, "version": int, "config": dict, "space": list, "example_inputs": list, "weights": dict}
+
+
 def read_manifest(directory) -> dict:
+    """The checked manifest of a family folder: its hash, its shape, its format and version."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.exists():
         raise CheckpointError(f"{directory} is not a onefit family folder: {MANIFEST} is missing")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); the checkpoint is "
+                              "damaged") from err
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(manifest).__name__}, not the object of a family manifest")
+    if manifest.get("format") != FORMAT or manifest.get("version") not in VERSIONS:
         raise CheckpointError(
-            f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not {FORMAT!r} v{VERSION}"
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not {FORMAT!r} "
+            f"(versions {', '.join(map(str, VERSIONS))})"
         )
+    if manifest["version"] >= 2 and manifest.get("sha256") != _manifest_digest(manifest):
+        raise CheckpointError(f"{path}: content does not match its recorded sha256; the manifest was changed")
+    wrong = [f"{key!r} ({'missing' if key not in manifest else type(manifest[key]).__name__})"
+             for key, kind in _SHAPE.items() if not isinstance(manifest.get(key), kind)]
+    if wrong:
+        raise CheckpointError(f"{path}: not a family manifest: {', '.join(wrong)}; expected "
+                              + ", ".join(f"{k!r} ({t.__name__})" for k, t in _SHAPE.items()))
+    for entry in (manifest["weights"], manifest.get("optimizer", {"file": "", "sha256": ""})):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "sha256")):
+            raise CheckpointError(f"{path}: a tensor entry needs 'file' and 'sha256' strings, got {entry!r}")
+        if entry["file"] and (Path(entry["file"]).name != entry["file"] or entry["file"].startswith(".")):
+            raise CheckpointError(f"{path}: the tensor file {entry['file']!r} is not a plain file name inside "
+                                  "the folder")
     return manifest
 
 
-def build_from_source(source: dict | None) -> nn.Module:
-    """Call the recorded ``module:function`` factory with its recorded keyword arguments."""
+def build_from_source(source: dict | None, trust_code: bool = False) -> nn.Module:
+    """Call the recorded ``module:function`` factory with its recorded keyword arguments: one of
+    onefit's own factories, or any other when ``trust_code`` (``onefit.trust``)."""
+    from onefit.trust import resolve
+
     if not source or "factory" not in source:
-        raise CheckpointError("this family records no model factory; pass the original model: load(dir, model=...)")
-    module_name, _, function = source["factory"].partition(":")
+        raise CheckpointError("this family records no model factory (the model was not built by onefit.zoo); "
+                              "pass the original model: load(dir, model=...)")
+    kwargs = source.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"the model factory's kwargs must be a JSON object, got {type(kwargs).__name__}")
     try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as err:
-        raise CheckpointError(f"cannot import the model factory {source['factory']!r}: {err}") from err
-    return factory(**source.get("kwargs", {}))
+        factory = resolve(source["factory"], what="model factory", trusted=trust_code)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    return factory(**kwargs)
 
 
-def load(directory, model: nn.Module | None = None):
+def _example_inputs(manifest: dict) -> tuple[torch.Tensor, ...]:
+    examples = []
+    for x in manifest["example_inputs"]:
+        dtype = getattr(torch, str(x.get("dtype")), None) if isinstance(x, dict) else None
+        shape = x.get("shape") if isinstance(x, dict) else None
+        if not isinstance(dtype, torch.dtype) or not isinstance(shape, list) or not all(
+                isinstance(d, int) and d >= 0 for d in shape):
+            raise CheckpointError(f"an example input must be {{'shape': [ints], 'dtype': a torch dtype}}, got {x!r}")
+        examples.append(torch.zeros(shape, dtype=dtype))
+    return tuple(examples)
+
+
+def load(directory, model: nn.Module | None = None, *, trust_code: bool = False):
     """Load a family saved with ``Family.save``. ``model`` is an untrained instance of the original
-    architecture; leave it out when the family records its factory (zoo models do)."""
+    architecture; leave it out when the family records a zoo factory. A family that records any
+    other factory is rebuilt from it only with ``trust_code=True``, since that imports and runs it."""
     from onefit.config import ElasticConfig
     from onefit.family import elasticize
 
     manifest = read_manifest(directory)
-    model = model if model is not None else build_from_source(manifest.get("source"))
-    examples = tuple(torch.zeros(x["shape"], dtype=getattr(torch, x["dtype"])) for x in manifest["example_inputs"])
-    config = ElasticConfig(**manifest["config"])
-    return restore_(elasticize(model, examples, config), directory)
+    model = model if model is not None else build_from_source(manifest.get("source"), trust_code)
+    try:
+        config = ElasticConfig(**manifest["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: the manifest's config is not an ElasticConfig: {err}") from err
+    return restore_(elasticize(model, _example_inputs(manifest), config), directory)
 
 
 def restore_(family, directory):

@@ -98,7 +98,7 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
             rows.append(LayerCoverage(name, _type_name(model, name), own, f"fixed: {reason}", f"fixed: {reason}",
                                       depth, bool(depth)))
             continue
-        w_in, e_in = _describe(family, layer.in_group, "model input")
+        w_in, e_in = _describe(family, layer.in_group, layer.in_fixed or "model input")
         w_out, e_out = _describe(family, layer.out_group, "fixed")
         bits = f"bits:{name}" if f"bits:{name}" in family.space.names else ""
         bits = bits and f"{bits} {family.space[bits].choices}"

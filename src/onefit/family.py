@@ -272,6 +272,9 @@ def elasticize(
         elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential
         _replace(module, stage.name, elastic.from_plain(plain))
     family = Family(module, plan, config, tuple(example_inputs))
+    from onefit.zoo import source
+
+    family.source = source(model)  # a zoo model rebuilds from its factory on load()
     if len(family.space) == 0:
         reasons = sorted({g.frozen for g in plan.groups.values() if g.frozen} | set(plan.notes))
         raise ValueError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -47,12 +48,25 @@ class Dimension:
                 f"dimension {self.name!r}: choices must be distinct and increasing, got {list(self.choices)}"
             )
 
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` is one of the choices, and of its kind of number: 4.0 and True are not
+        4 (an integer of another type, such as numpy's, is)."""
+        return any(value == c and _same_kind(value, c) for c in self.choices)
+
     def to_json(self) -> dict:
         return {"name": self.name, "kind": self.kind, "choices": list(self.choices)}
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Dimension":
         return cls(data["name"], data["kind"], tuple(data["choices"]))
+
+
+def _same_kind(value: Any, choice: Any) -> bool:
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return isinstance(value, bool) and isinstance(choice, bool)
+    if isinstance(choice, numbers.Integral):
+        return isinstance(value, numbers.Integral)
+    return True
 
 
 class Space:
@@ -111,12 +125,15 @@ class Space:
         if missing:
             raise ArchError(f"arch is missing dimension(s) {missing}")
         for d in self:
-            if arch[d.name] not in d.choices:
+            if not d.allows(arch[d.name]):
+                value = arch[d.name]
+                kind = f" ({type(value).__name__}, not {type(d.choices[0]).__name__})" if value in d.choices else ""
                 raise ArchError(
-                    f"dimension {d.name!r} ({d.kind}): value {arch[d.name]!r} is not allowed; "
+                    f"dimension {d.name!r} ({d.kind}): value {value!r}{kind} is not allowed; "
                     f"allowed values are {list(d.choices)}"
                 )
-        return {d.name: arch[d.name] for d in self}
+        # the choices themselves: plain Python values, whatever integer type was passed
+        return {d.name: d.choices[d.choices.index(arch[d.name])] for d in self}
 
     def complete(self, partial: Mapping[str, Any]) -> Arch:
         """Fill the dimensions ``partial`` leaves out with their largest choice, then validate."""

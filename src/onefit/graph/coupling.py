@@ -83,6 +83,7 @@ class _Walker:
         self.ops: list[OpCost] = []
         self.layers: dict[str, LayerPlan] = {}
         self.notes: list[str] = []
+        self.why_fixed: dict[fx.Node, str] = {}  # why an untracked tensor has a fixed width
 
     # -- union-find over groups --------------------------------------------------------------
     def new_group(self, size: int) -> int:
@@ -130,6 +131,7 @@ class _Walker:
     def visit(self, node: fx.Node) -> None:
         if node.op in ("placeholder", "get_attr"):
             self.chan[node] = None  # inputs and constants keep their size
+            self.why_fixed[node] = "model input" if node.op == "placeholder" else "a constant tensor"
         elif node.op == "output":
             for arg in _tensor_args(node):
                 self.freeze(self.chan.get(arg), "model output")
@@ -138,8 +140,28 @@ class _Walker:
             self.chan[node] = self.visit_module(node, self.modules[node.target])
             if first is not None:
                 self.freeze_shared(node.target, first)
+            self.record_fixed_input(node)
         else:
             self.chan[node] = self.visit_function(node, _op_name(node))
+        if self.chan.get(node) is None and node not in self.why_fixed:  # fixed because its input is
+            self.why_fixed[node] = next((self.why_fixed[a] for a in _tensor_args(node) if a in self.why_fixed),
+                                        "model input")
+
+    def record_fixed_input(self, node: fx.Node) -> None:
+        """Say why a layer's input width is fixed: the model input, an op onefit does not
+        understand upstream, or its channels frozen by something else."""
+        layer = self.layers.get(node.target)
+        if layer is None or layer.in_group is not None or layer.in_segments or not node.args:
+            return
+        arg = node.args[0]
+        chan = self.chan.get(arg) if isinstance(arg, fx.Node) else None
+        if layer.kind == "mha":
+            layer.in_fixed = "an attention keeps its embedding width"
+        elif chan is not None:
+            layer.in_fixed = self.frozen.get(self.root(chan.group), "its input channels cannot be sliced") \
+                if not chan.segments else "reads a concatenation"
+        elif isinstance(arg, fx.Node):
+            layer.in_fixed = self.why_fixed.get(arg, "model input")
 
     def freeze_shared(self, name: str, first: LayerPlan) -> None:
         """A layer called twice (shared weights) keeps every width it touches whole."""
@@ -150,6 +172,7 @@ class _Walker:
                     self.frozen.setdefault(self.root(g), reason)
 
     def unknown(self, node: fx.Node, what: str) -> None:
+        self.why_fixed[node] = f"output of {what} ({node.name})"
         touched = [a for a in _tensor_args(node) if self.chan.get(a) is not None]
         if touched:
             self.notes.append(f"{node.name}: {what}; its inputs keep full width")

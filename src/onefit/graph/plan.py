@@ -54,6 +54,7 @@ class LayerPlan:
     # Input made of concatenated groups, ((group or None if fixed, full size), ...), instead of in_group
     in_segments: tuple = ()
     options: dict = field(default_factory=dict)  # how the model calls it (e.g. an attention's need_weights)
+    in_fixed: str = ""  # with in_group None: why the input width is fixed ("model input", an op upstream)
 
 
 @dataclass

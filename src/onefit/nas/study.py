@@ -14,6 +14,8 @@ Storage: a path (``runs/x/study.db``, made a SQLite URL) or any URL optuna accep
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 from onefit.nas.base import Trial
@@ -25,9 +27,22 @@ class StudyError(ValueError):
     """A study that cannot be opened, or that was made for another problem."""
 
 
+# Database URL schemes optuna's RDB storage (SQLAlchemy) takes, with or without a "+driver".
+SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters or more: "C:" is a Windows drive
+
+
 def storage_url(storage: str | Path) -> str:
+    """A database URL as it is, or a path made a SQLite URL; anything else that starts with
+    ``scheme:`` is a typo of a URL, not a file name, and is refused."""
     text = str(storage)
-    if "://" in text:
+    scheme = _SCHEME.match(text) if not isinstance(storage, Path) else None
+    if scheme:
+        name = scheme.group(1).lower().split("+")[0]
+        if name not in SCHEMES or not text[scheme.end():].startswith("//"):
+            raise StudyError(f"storage {text!r} looks like a URL but is not a database URL optuna can open: "
+                             f"expected {{{', '.join(SCHEMES)}}}[+driver]://..., e.g. "
+                             "postgresql://user@host/db or sqlite:///runs/study.db; or a file path")
         return text
     path = Path(text)
     if path.is_dir():
@@ -44,14 +59,26 @@ class Study:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is noise here
         self.problem, self.url = problem, storage_url(storage)
-        try:
-            self._study = optuna.create_study(storage=self.url, study_name=name, load_if_exists=True,
-                                              directions=["minimize"] * len(problem.objectives))
-        except Exception as exc:  # optuna raises many types for bad URLs, drivers and files
-            raise StudyError(f"cannot open the study storage {self.url!r}: {type(exc).__name__}: {exc}") from exc
+        self._study = self._open(name, len(problem.objectives))
         self._check_problem(name)
         self._distributions = {d.name: optuna.distributions.CategoricalDistribution(d.choices)
                                for d in problem.space}
+
+    def _open(self, name: str, n_objectives: int, attempts: int = 8):
+        """Create the study, or load it when it exists. Two processes creating one new storage at
+        once race on its tables (one dies on a UNIQUE constraint of ``alembic_version``, or finds
+        the database locked): the loser retries, and then finds what the winner made."""
+        import optuna
+
+        for attempt in range(attempts):
+            try:
+                return optuna.create_study(storage=self.url, study_name=name, load_if_exists=True,
+                                           directions=["minimize"] * n_objectives)
+            except Exception as exc:  # optuna raises many types for bad URLs, drivers and files
+                if attempt + 1 < attempts and _is_race(exc):
+                    time.sleep(0.05 * 2 ** attempt)
+                    continue
+                raise StudyError(f"cannot open the study storage {self.url!r}: {type(exc).__name__}: {exc}") from exc
 
     def _check_problem(self, name: str) -> None:
         wanted = json.loads(json.dumps(self.problem.describe()))  # tuples -> lists, as stored
@@ -79,6 +106,13 @@ class Study:
         self._study.add_trial(optuna.trial.create_trial(
             state=state, values=None if trial.failed else list(trial.values), params=dict(trial.arch),
             distributions=self._distributions, user_attrs={"onefit": trial.to_json()}))
+
+
+def _is_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a concurrent creation of the same storage or study raises."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(sign in text for sign in ("IntegrityError", "UNIQUE constraint", "database is locked",
+                                         "already exists", "DuplicatedStudyError"))
 
 
 class MemoryStudy:

@@ -1,28 +1,68 @@
 """Reference architectures written for onefit (torchvision does not run on these machines).
 
-Every factory is a plain function of keyword arguments, so a family can record it as
-``"onefit.zoo:NAME"`` and rebuild it on load.
+Every factory is a plain function of keyword arguments. A model built by one of them remembers
+how (``onefit.zoo.source(model)``), so a family made from it can be saved and loaded again
+without passing the model:
+
+>>> model = resnet(widths=(8, 16), blocks=(1, 1))
+>>> source(model)
+{'factory': 'onefit.zoo:resnet', 'kwargs': {'widths': [8, 16], 'blocks': [1, 1]}}
 """
 
-from onefit.zoo.cnn import plain_cnn, resnet
-from onefit.zoo.convnext import convnext
-from onefit.zoo.encoder import sequence_encoder
-from onefit.zoo.mlp import mlp
-from onefit.zoo.mobile import mobilenet_v2, mobilenet_v3
-from onefit.zoo.temporal import temporal_cnn
-from onefit.zoo.vit import vit
+from __future__ import annotations
 
-MODELS = {"convnext": convnext, "mlp": mlp, "mobilenet_v2": mobilenet_v2, "mobilenet_v3": mobilenet_v3,
-          "plain_cnn": plain_cnn, "resnet": resnet, "sequence_encoder": sequence_encoder, "temporal_cnn": temporal_cnn,
-          "vit": vit}
+import functools
+import inspect as _inspect
+import json
+from typing import Callable
+
+from torch import nn
+
+from onefit.zoo import cnn, convnext as _convnext, encoder, mlp as _mlp, mobile, temporal, vit as _vit
+
+SOURCE_ATTR = "_onefit_source"
+
+
+def _recorded(name: str, factory: Callable) -> Callable:
+    """``factory`` that tags the model it builds with ``{"factory": "onefit.zoo:NAME", "kwargs": ...}``."""
+    signature = _inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build_recorded(*args, **kwargs) -> nn.Module:
+        model = factory(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs).arguments  # positional arguments by name
+        try:  # in JSON form (tuples become lists), as the family manifest stores it
+            recorded = json.loads(json.dumps(bound))
+        except TypeError:  # an argument JSON cannot hold: the model cannot be rebuilt from a file
+            return model
+        object.__setattr__(model, SOURCE_ATTR, {"factory": f"onefit.zoo:{name}", "kwargs": recorded})
+        return model
+
+    return build_recorded
+
+
+MODELS = {name: _recorded(name, fn) for name, fn in {
+    "convnext": _convnext.convnext, "mlp": _mlp.mlp, "mobilenet_v2": mobile.mobilenet_v2,
+    "mobilenet_v3": mobile.mobilenet_v3, "plain_cnn": cnn.plain_cnn, "resnet": cnn.resnet,
+    "sequence_encoder": encoder.sequence_encoder, "temporal_cnn": temporal.temporal_cnn, "vit": _vit.vit,
+}.items()}
+convnext, mlp, mobilenet_v2, mobilenet_v3 = (MODELS[n] for n in ("convnext", "mlp", "mobilenet_v2", "mobilenet_v3"))
+plain_cnn, resnet, sequence_encoder, temporal_cnn, vit = (
+    MODELS[n] for n in ("plain_cnn", "resnet", "sequence_encoder", "temporal_cnn", "vit"))
+
+
+def source(model: nn.Module) -> dict | None:
+    """How to rebuild ``model`` when a zoo factory built it, else None."""
+    return getattr(model, SOURCE_ATTR, None)
 
 
 def build(name: str, **kwargs):
     """Build zoo model ``name``; returns ``(model, source)`` where source rebuilds it."""
     if name not in MODELS:
         raise ValueError(f"unknown zoo model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](**kwargs), {"factory": f"onefit.zoo:{name}", "kwargs": kwargs}
+    model = MODELS[name](**kwargs)
+    return model, source(model)
 
 
 __all__ = ["MODELS", "build", "convnext", "mlp", "mobilenet_v2", "mobilenet_v3", "plain_cnn", "resnet",
-           "sequence_encoder", "temporal_cnn", "vit"]
+           "sequence_encoder", "temporal_cnn", "vit", "source"]
