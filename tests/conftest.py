@@ -138,3 +138,10 @@ def zoo_case(request):
     build, shape = MODELS[request.param]
     torch.manual_seed(0)
     return request.param, randomize_norms(build()), torch.randn(*shape)
+
+
+def said(output: str, message: str) -> bool:
+    """Whether a command's output holds ``message``, once rich's error panel (its borders and line
+    wrapping) is taken away."""
+    flat = "".join(output.replace("│", " ").replace("╭", " ").replace("╰", " ").replace("─", " ").split())
+    return "".join(message.split()) in flat  # rich wraps lines anywhere, even inside a JSON example

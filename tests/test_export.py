@@ -91,7 +91,7 @@ def test_bad_calibration_is_a_clear_error_and_leaves_no_file(trained, tmp_path):
 
 class Unexportable(nn.Module):
     def forward(self, x):
-        return torch.from_numpy(x.numpy() * 2)  # leaves torch: no exporter can follow
+        return torch.from_numpy(x.numpy() * 2)  # leaves torch: the tracer cannot follow (dynamo can)
 
 
 class Drifts(nn.Module):
@@ -109,8 +109,78 @@ class Drifts(nn.Module):
 
 def test_failures_are_loud_and_leave_nothing_at_the_target(tmp_path):
     target = tmp_path / "out.onnx"
-    with pytest.raises(ExportError, match="froze a shape"):
-        export(Unexportable(), target, (torch.randn(2, 4),))
+    with pytest.raises(ExportError, match="torchscript: ExportError: the trace froze an input-dependent value"):
+        export(Unexportable(), target, (torch.randn(2, 4),), exporter="torchscript")
     with pytest.raises(ExportError, match="parity check failed for Drifts"):
         export(Drifts(), target, (torch.randn(2, 4),), exporter="torchscript")
     assert not target.exists() and not [p for p in tmp_path.iterdir() if p.suffix == ".onnx"]
+
+
+class FreezesMean(nn.Module):
+    """Computes a Python number from its input: a trace keeps the example's value as a constant."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.fc, self.how = nn.Linear(8, 4), how
+
+    def forward(self, x):
+        if self.how == "float":
+            centre = float(x.mean())
+        elif self.how == "item":
+            centre = x.mean().item()
+        else:
+            centre = float(x.detach().numpy().mean())
+        return self.fc(x - centre)
+
+
+@pytest.mark.parametrize("how", ["float", "item", "numpy"])
+def test_a_module_that_freezes_an_input_dependent_value_is_not_verified(how, tmp_path):
+    module = FreezesMean(how).eval()
+    example = (torch.randn(2, 8) + 3.0,)
+    with pytest.raises(ExportError, match="froze an input-dependent value into a constant"):
+        onefit.export(module, tmp_path / "m.onnx", example, exporter="torchscript")
+    assert not list(tmp_path.iterdir())
+    # the dynamo exporter follows the value symbolically: then the file is right on new inputs
+    report = onefit.export(module, tmp_path / "m.onnx", example)
+    from onefit.export.onnx import _session, run_onnx
+
+    x = torch.randn(7, 8) * 5 - 2
+    got = torch.from_numpy(run_onnx(_session(tmp_path / "m.onnx"), (x,)))
+    assert report.exporter == "dynamo" and torch.allclose(got, module(x), atol=1e-5)
+
+
+def test_a_graph_holding_the_example_as_a_constant_fails_parity_on_other_inputs(tmp_path):
+    from onefit.export.onnx import _session, parity_inputs, verify
+
+    example = (torch.randn(2, 8) + 3.0,)
+    module = FreezesMean("float").eval()
+
+    class Baked(nn.Module):  # what a trace of FreezesMean holds: the example's mean as a number
+        def __init__(self):
+            super().__init__()
+            self.fc, self.centre = module.fc, float(example[0].mean())
+
+        def forward(self, x):
+            return self.fc(x - self.centre)
+
+    onefit.export(Baked(), tmp_path / "baked.onnx", example)
+    session, inputs = _session(tmp_path / "baked.onnx"), parity_inputs(example)
+    with pytest.raises(ExportError, match="parity check failed for FreezesMean"):
+        verify(session, module, inputs, atol=1e-4, floor=0.99999, what="FreezesMean")
+    for name in ("random (batch 3)", "random at 4x the spread (batch 3)"):  # far off, not at the tolerance
+        with pytest.raises(ExportError, match=r"on random.*max abs error [0-9.]+e?-?0?[0-9]* \(allowed"):
+            verify(session, module, {name: inputs[name]}, atol=1e-2, floor=0.99999, what="FreezesMean")
+
+
+def test_parity_is_checked_on_inputs_unlike_the_example_and_on_real_data(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    data = [(torch.randn(5, 8), torch.zeros(5, dtype=torch.long))]
+    report = onefit.export(model, tmp_path / "m.onnx", (torch.randn(2, 8),), eval_data=data)
+    assert report.parity_inputs == ["example + 1 row (batch 3)", "random (batch 3)",
+                                    "random at 4x the spread (batch 3)", "data (batch 5)"]
+    from onefit.export.onnx import parity_inputs
+
+    tokens = parity_inputs((torch.tensor([[3, 7, 5]]),))
+    assert all(x.dtype == torch.long and 3 <= int(x.min()) and int(x.max()) <= 7 for (x,) in tokens.values())
+    assert "random at 4x the spread (batch 3)" not in tokens  # integer inputs are not scaled

@@ -119,8 +119,10 @@ def test_a_study_continues_where_it_stopped_and_refuses_another_problem(tmp_path
 
 
 def test_a_storage_that_cannot_be_opened():
-    with pytest.raises(StudyError, match="cannot open the study storage 'nosuchdb://x'"):
+    with pytest.raises(StudyError, match="'nosuchdb://x' looks like a URL but is not a database URL"):
         search(toy_problem(), RandomSearch(), budget=5, storage="nosuchdb://x", progress=False)
+    with pytest.raises(StudyError, match="cannot open the study storage 'sqlite:////no/such/folder/s.db'"):
+        search(toy_problem(), RandomSearch(), budget=5, storage="sqlite:////no/such/folder/s.db", progress=False)
 
 
 SLOW_SEARCH = """

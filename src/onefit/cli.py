@@ -2,18 +2,83 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 import time
 from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="onefit: one network, a family of nested sub-models, the one that fits.",
+app = typer.Typer(help="onefit: one network, a family of nested sub-models, the one that fits. "
+                       "Exit status: 0 done, 1 the work failed, 2 bad usage (a flag's value).",
                   no_args_is_help=True, add_completion=False)
 
 
+CODE_WARNING = "imports and runs that code"
+TRUST_HELP = ("import the data factory that RUN/config.json names even when it is not one of onefit's own "
+              "(this runs that code; only for folders you trust)")
+
+
+class CommandError(RuntimeError):
+    """A command that could not do its work; its message is the whole story."""
+_debug = False  # set by --debug: tracebacks instead of one-line errors
+
+
+def _version(value: bool) -> None:
+    if value:
+        from onefit import __version__
+
+        typer.echo(f"onefit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of a failure"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
     """onefit command line."""
+    global _debug
+    _debug = debug
+
+
+@contextlib.contextmanager
+def _failures(what: str | None = None):
+    """Runtime failures as one line and exit status 1 (the traceback with --debug); a flag's bad
+    value (``typer.BadParameter``) passes through to click, which exits with status 2."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, typer.BadParameter):
+        raise
+    except Exception as err:
+        if _debug:
+            raise
+        own = type(err).__module__.startswith("onefit") or type(err) in (ValueError, TypeError, KeyError)
+        detail = str(err) if own else f"{type(err).__name__}: {err}"
+        typer.echo(f"error: {what + ' failed: ' if what else ''}{detail}", err=True)
+        raise typer.Exit(1)
+
+
+def _bad(flag: str, message: str) -> typer.BadParameter:
+    return typer.BadParameter(message, param_hint=f"'{flag}'")
+
+
+def _json_object(flag: str, text: str, example: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _bad(flag, f"expected a JSON object such as {example}, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise _bad(flag, f"expected a JSON object such as {example}, got a JSON {type(value).__name__}")
+    return value
+
+
+def _file_name(flag: str, name: str) -> str:
+    """A plain file name: no folder, no '..', nothing hidden."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise _bad(flag, f"a file name of letters, digits, '_', '-' and '.', not a path; got {name!r}")
+    return name
 
 
 @app.command()
@@ -28,55 +93,61 @@ def demo(
 
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     config = DemoConfig(pretrain_epochs=pretrain_epochs, family_epochs=family_epochs, seed=seed)
-    result = run_demo(out, config)
+    with _failures("the demo"):
+        result = run_demo(out, config)
     print_table(result)
     typer.echo(f"run folder: {out}")
-
-
-def _import(spec: str):
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    if not module or not attr:
-        raise ValueError(f"expected an import path module:function, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {spec!r}: {err}") from err
 
 
 def _parse_bits(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(b) for b in text.split(","))
     except ValueError:
-        raise ValueError(f"--bits: comma-separated integers, got {text!r}") from None
+        raise _bad("--bits", f"--bits: comma-separated integers, got {text!r}") from None
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise _bad("--input-shape", f"positive integers separated by commas, e.g. 1,1,8,8; got {text!r}")
+    return shape
 
 
 @app.command("inspect")
 def inspect_command(
-    model: str = typer.Argument(..., help="module:function that returns the model, e.g. onefit.zoo:resnet"),
+    model: str = typer.Argument(..., help=f"module:function that returns the model, e.g. onefit.zoo:resnet "
+                                f"(onefit {CODE_WARNING}; the working directory is on the import path)"),
     input_shape: str = typer.Option("1,1,8,8", help="shape of one example input, comma separated"),
-    kwargs: str = typer.Option("{}", help="keyword arguments for the function, as JSON"),
+    kwargs: str = typer.Option("{}", help="keyword arguments for the function, as a JSON object"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     bits: str = typer.Option("", help="weight bit-widths offered to every Linear and conv, e.g. 2,4,8 (32 is always one)"),
 ) -> None:
     """What onefit can shrink in a model, what stays whole and why, before any training."""
-    import json
-
     import torch
     from rich.console import Console
     from rich.table import Table
 
     import onefit
+    from onefit.trust import import_path
 
+    shape = _parse_shape(input_shape)
+    arguments = _json_object("--kwargs", kwargs, '\'{"widths": [8, 16]}\'')
     try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-        built = _import(model)(**json.loads(kwargs))
         config = onefit.ElasticConfig(bits=_parse_bits(bits)) if bits else None
+        factory = import_path(model, "model factory")
+    except ValueError as err:
+        raise _bad("--bits" if bits and "bit" in str(err) else "MODEL", str(err)) from None
+    with _failures():
+        try:
+            built = factory(**arguments)
+        except Exception as err:
+            if _debug:
+                raise
+            raise CommandError(f"the model factory {model!r} raised {type(err).__name__}: {err}") from err
         report = onefit.inspect(built, (torch.randn(*shape),), config)
-    except (ValueError, TypeError, json.JSONDecodeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=1))
         return
@@ -97,55 +168,91 @@ def inspect_command(
         console.print(f"weights take {report.weight_bytes_min:,} to {report.weight_bytes_max:,} bytes")
 
 
-def _load_data(run: Path):
-    import json
+def _load_data(run: Path, data: str | None, trust_code: bool):
+    """(train, test) loaders: from ``--data`` (the caller's own code), else the factory the run's
+    config.json names (onefit's own, or any with ``--trust-code``), else (None, None)."""
+    from onefit.trust import import_path, resolve
 
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    if "data" not in config:
+    if data is not None:
+        return import_path(data, "data factory")()
+    path = run / "config.json"
+    if not path.exists():
         return None, None
-    return _import(config["data"])(**config.get("data_kwargs", {}))
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CommandError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict) or "data" not in config:
+        return None, None
+    kwargs = config.get("data_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CommandError(f"{path}: data_kwargs must be a JSON object, got {type(kwargs).__name__}")
+    return resolve(config["data"], what=f"data factory in {path}", trusted=trust_code)(**kwargs)
+
+
+def _recalibrated(module, train_data, keep_statistics: bool):
+    """``module`` with batch-norm statistics re-estimated on ``train_data``: a sub-model's own
+    statistics are not the largest model's. Without data that is refused, unless asked."""
+    from torch import nn
+
+    import onefit
+
+    has_bn = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) for m in module.modules())
+    if train_data is not None and has_bn:
+        return onefit.recalibrate_bn(module, train_data)
+    if has_bn and not keep_statistics:
+        raise CommandError("this sub-model has batch norm, whose statistics must be re-estimated on training data, "
+                           "and the run folder names no data (no config.json). Pass --data module:function, or "
+                           "--keep-bn-statistics to export the family's stored statistics (they are the largest "
+                           "sub-model's and can cost a smaller one much accuracy)")
+    return module
 
 
 @app.command("export")
 def export_command(
     run: Path = typer.Argument(..., help="run folder holding family/ (and config.json naming its data)"),
-    arch: str = typer.Option(None, help='arch as JSON, e.g. \'{"depth:stages.0": 1}\' (others at max)'),
+    arch: str = typer.Option(None, help='arch as a JSON object, e.g. \'{"depth:stages.0": 1}\' (others at max)'),
     params: int = typer.Option(None, help="instead of --arch: the largest nested sub-model within this many params"),
     macs: int = typer.Option(None, help="instead of --arch: the largest nested sub-model within this many MACs"),
     int8: bool = typer.Option(False, "--int8", help="quantize to int8 (static QDQ for convolutional models)"),
-    name: str = typer.Option("model", help="file name under RUN/models/"),
+    name: str = typer.Option("model", help="file name under RUN/models/ (a name, not a path)"),
     min_cosine: float = typer.Option(None, help="parity floor (default 0.99999 fp32, 0.98 int8)"),
     full_range: bool = typer.Option(False, "--full-range", help="int8 weights on 8 bits, not 7: only for "
                                     "CPUs with VNNI or ARM (x86 AVX2 without VNNI overflows)"),
+    data: str = typer.Option(None, help="module:function returning (train, test) loaders, instead of the "
+                             f"data config.json names (onefit {CODE_WARNING})"),
+    keep_bn_statistics: bool = typer.Option(False, "--keep-bn-statistics", help="without data, export the "
+                                            "family's stored batch-norm statistics instead of refusing"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
 ) -> None:
     """Extract one sub-model from a run folder and export it to a verified ONNX file."""
-    import json
-
     import onefit
-    from onefit.export import ExportError, export
+    from onefit.export import export
 
-    try:
+    name = _file_name("--name", name)
+    wanted = _json_object("--arch", arch, '\'{"depth:stages.0": 1}\'') if arch is not None else None
+    with _failures():
         family = onefit.load(run / "family")
-        if arch is not None:
-            chosen = family.space.complete(json.loads(arch))
+        if wanted is not None:
+            try:
+                chosen = family.space.complete(wanted)
+            except onefit.ArchError as err:
+                raise _bad("--arch", str(err)) from None
         else:
             budget = {k: v for k, v in (("params", params), ("macs", macs)) if v is not None}
             chosen = onefit.largest_within(family, **budget) if budget else family.space.max()
-        train_data, test_data = _load_data(run)
-        module = family.extract(chosen)
-        if train_data is not None:
-            module = onefit.recalibrate_bn(module, train_data)
+        train_data, test_data = _load_data(run, data, trust_code)
+        module = _recalibrated(family.extract(chosen), train_data, keep_bn_statistics)
         example = family.example_inputs[0]
         target = run / "models" / f"{name}{'-int8' if int8 else ''}.onnx"
         report = export(module, target, (example,), quantize="int8" if int8 else None,
                         calibration=train_data, eval_data=test_data, min_cosine=min_cosine,
                         reduce_range=not full_range)
-    except (ValueError, ExportError, json.JSONDecodeError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
-    (target.with_suffix(".json")).write_text(json.dumps({"arch": chosen, **report.to_json()}, indent=1))
-    typer.echo(f"wrote {target} ({report.bytes:,} bytes, {report.method}); parity: max abs error "
-               f"{report.max_abs_error:.2e}, cosine {report.cosine:.6f}")
+        from onefit.checkpoint import atomic_write
+
+        atomic_write(target.with_suffix(".json"), json.dumps({"arch": chosen, **report.to_json()}, indent=1).encode())
+    typer.echo(f"wrote {target} ({report.bytes:,} bytes, {report.method}); parity on {len(report.parity_inputs)} "
+               f"inputs: max abs error {report.max_abs_error:.2e}, cosine {report.cosine:.6f}")
     if report.accuracy:
         acc = report.accuracy
         typer.echo(f"accuracy: torch {acc['torch']:.2f}%, onnx {acc['onnx']:.2f}% ({acc['change']:+.2f} points)")
@@ -160,7 +267,7 @@ def _parse_constraints(items: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ValueError(f"a constraint is NAME<=BOUND, e.g. params<=50000 or latency_ms<=2; got {item!r}")
+            raise _bad("--constraint", f"a constraint is NAME<=BOUND, e.g. params<=50000 or latency_ms<=2; got {item!r}")
     return constraints
 
 
@@ -175,33 +282,36 @@ def search_command(
     storage: str = typer.Option(None, help="study storage: a path or database URL (default RUN/study.db)"),
     study: str = typer.Option("onefit", help="study name inside the storage"),
     seed: int = typer.Option(0, help="searcher seed"),
+    data: str = typer.Option(None, help="module:function returning (train, test) loaders, instead of the "
+                             f"data config.json names (onefit {CODE_WARNING})"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
 ) -> None:
     """Search a trained family's accuracy / cost front; resumable; writes front.json, front.csv, plots."""
-    import json
-
     import onefit
     from onefit.data import validation_split
     from onefit.report.tables import front_table
-    from onefit.nas import SEARCHERS, StudyError, family_problem, search
+    from onefit.nas import SEARCHERS, family_problem, search
 
-    try:
-        if searcher not in SEARCHERS:
-            raise ValueError(f"unknown searcher {searcher!r}; choose one of {sorted(SEARCHERS)}")
+    if searcher not in SEARCHERS:
+        raise _bad("--searcher", f"unknown searcher {searcher!r}; choose one of {sorted(SEARCHERS)}")
+    constraints = _parse_constraints(constraint)
+    with _failures():
         family = onefit.load(run / "family")
-        train_data, _ = _load_data(run)
+        train_data, _ = _load_data(run, data, trust_code)
         if train_data is None:
-            raise ValueError(f"{run / 'config.json'} names no data to evaluate sub-models on")
-        fit_data, val_data = validation_split(train_data, seed=json.loads((run / "config.json").read_text()).get("seed", 0))
-        problem = family_problem(family, val_data, calibration=fit_data, objectives=objectives.split(","),
-                                 constraints=_parse_constraints(constraint))
+            raise CommandError(f"{run / 'config.json'} names no data to evaluate sub-models on; pass --data")
+        seed_of_split = json.loads((run / "config.json").read_text()).get("seed", 0) if data is None else 0
+        fit_data, val_data = validation_split(train_data, seed=seed_of_split)
+        try:
+            problem = family_problem(family, val_data, calibration=fit_data, objectives=objectives.split(","),
+                                     constraints=constraints)
+        except ValueError as err:  # an objective or a constraint the family cannot have
+            raise _bad("--constraint" if "constraint" in str(err) else "--objectives", str(err)) from None
         front = search(problem, SEARCHERS[searcher](seed=seed), budget=budget, storage=storage or run / "study.db",
                        study_name=study)
-    except (ValueError, StudyError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2)
-    front.save_json(run / "front.json")
-    front.save_csv(run / "front.csv")
-    plots = front.plot(run / "plots")
+        front.save_json(run / "front.json")
+        front.save_csv(run / "front.csv")
+        plots = front.plot(run / "plots")
     from rich.console import Console
 
     from onefit.demo import summarize

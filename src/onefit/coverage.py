@@ -3,8 +3,11 @@
 >>> import torch
 >>> from onefit.zoo import resnet
 >>> report = inspect(resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
->>> round(report.coverage, 3)
-0.999
+>>> round(report.coverage, 3)  # every parameter lies in a layer with an elastic dimension
+1.0
+>>> stem = report.layers[0]
+>>> (stem.name, stem.width_in, stem.width_out)
+('stem.0', 'fixed (model input)', 'width:stem.0')
 """
 
 from __future__ import annotations

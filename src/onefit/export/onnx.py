@@ -1,8 +1,11 @@
 """Export to a single-file ONNX with a dynamic batch axis, checked against PyTorch before it lands.
 
 The file is written next to its target under a temporary name, checked (ONNX Runtime must load
-it, and its outputs must match PyTorch within tolerance), and only then renamed into place; a
-failed export leaves nothing at the target path.
+it, and its outputs must match PyTorch within tolerance on several inputs that differ from the
+example: another batch size, random batches at two spreads, real data when given), and only
+then renamed into place; a failed export leaves nothing at the target path. A trace that turned
+an input-dependent value into a constant (the exporter's TracerWarning) is an error, not a
+warning to silence.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import io
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -37,6 +40,7 @@ class ExportReport:
     max_abs_error: float
     cosine: float
     accuracy: dict | None = None  # {"torch": .., "onnx": .., "change": ..} when eval data is given
+    parity_inputs: list = field(default_factory=list)  # the inputs parity was checked on (all passed)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,9 +67,14 @@ def _export_fp32(module: nn.Module, examples: tuple, exporter: str) -> tuple[byt
     order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
     for name in order:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return _export_with(module, examples, name), name
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model_bytes = _export_with(module, examples, name)
+            frozen = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+            if frozen:  # the trace holds a value computed from the example as a constant
+                raise ExportError(f"the trace froze an input-dependent value into a constant: "
+                                  f"{str(frozen[0].message).strip().splitlines()[0][:300]}")
+            return model_bytes, name
         except Exception as err:  # exporters raise many types; report them all together
             errors.append(f"{name}: {type(err).__name__}: {str(err).strip().splitlines()[-1][:400]}")
     raise ExportError(f"cannot export {type(module).__name__} to ONNX. " + " | ".join(errors))
@@ -117,9 +126,53 @@ def _check_inputs(examples) -> tuple[torch.Tensor, ...]:
     return tuple(examples)
 
 
-def _batch_variant(examples: tuple) -> tuple:
-    """The examples with one more row, to prove the batch axis really is dynamic."""
-    return tuple(torch.cat([x, x[:1]]) for x in examples)
+def parity_inputs(examples: tuple, data: Iterable | None = None, seed: int = 0) -> dict[str, tuple]:
+    """Inputs that differ from the example, to catch a graph that froze an input-dependent value:
+    the example with one more row (the batch axis is dynamic), a random batch of another size
+    drawn like the example, one at four times its spread, and the first batch of ``data``."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3 if examples[0].shape[0] != 3 else 5
+
+    def like(x: torch.Tensor, spread: float) -> torch.Tensor:
+        shape = (n, *x.shape[1:])
+        if x.dtype == torch.bool:
+            return torch.rand(shape, generator=g) < 0.5
+        if not x.is_floating_point():  # token ids, masks: integers over the example's range
+            low, high = int(x.min()), int(x.max())
+            return torch.randint(low, high + 1, shape, generator=g, dtype=x.dtype)
+        std = x.float().std().item() if x.numel() > 1 else 1.0
+        return (x.float().mean() + spread * (std or 1.0) * torch.randn(shape, generator=g)).to(x.dtype)
+
+    inputs = {f"example + 1 row (batch {examples[0].shape[0] + 1})": tuple(torch.cat([x, x[:1]]) for x in examples),
+              f"random (batch {n})": tuple(like(x, 1.0) for x in examples)}
+    if any(x.is_floating_point() for x in examples):
+        inputs[f"random at 4x the spread (batch {n})"] = tuple(like(x, 4.0) for x in examples)
+    batch = next(iter(data), None) if data is not None else None
+    if batch is not None:
+        real = tuple(batch[: len(examples)]) if isinstance(batch, (tuple, list)) else (batch,)
+        if all(isinstance(x, torch.Tensor) and x.shape[1:] == e.shape[1:] for x, e in zip(real, examples)):
+            inputs[f"data (batch {real[0].shape[0]})"] = real
+    return inputs
+
+
+def verify(session, module: nn.Module, inputs: dict[str, tuple], *, atol: float | None, floor: float,
+           what: str) -> tuple[float, float]:
+    """Parity of ``session`` with ``module`` on every named input; raises ``ExportError`` naming the
+    first that fails. ``atol`` is relative to each output's scale (None: cosine only). Returns the
+    worst max abs error and cosine."""
+    worst_err, worst_cos = 0.0, 1.0
+    for name, x in inputs.items():
+        max_err, cosine = parity(session, module, x)
+        with torch.no_grad():
+            scale = max(1.0, first_output(module(*x)).abs().max().item())
+        if not cosine >= floor or (atol is not None and not max_err <= atol * scale):
+            allowed = "" if atol is None else f" (allowed {atol * scale:.3g})"
+            raise ExportError(
+                f"parity check failed for {what} on {name}: max abs error {max_err:.3g}{allowed}, cosine "
+                f"{cosine:.6f} (needs >= {floor}). A module that computes a Python number from its input "
+                "(float(x.mean()), .item(), .numpy()) exports that number as a constant")
+        worst_err, worst_cos = max(worst_err, max_err), min(worst_cos, cosine)
+    return worst_err, worst_cos
 
 
 def export(
@@ -139,9 +192,10 @@ def export(
     """Export ``module`` to ``path`` as one ONNX file, verified against PyTorch.
 
     quantize: None (fp32) or "int8": static QDQ with ``calibration`` batches for models with
-    convolutions, dynamic quantization for Linear-only models. Parity: fp32 must match within
-    ``atol`` (relative to the output scale) and cosine 0.99999; int8 must reach ``min_cosine``
-    (default 0.98). ``eval_data`` of ``(x, y)`` batches adds the accuracy change to the report.
+    convolutions, dynamic quantization for Linear-only models. Parity, on every input of
+    ``parity_inputs`` (the report lists them): the fp32 graph must match within ``atol``
+    (relative to the output scale) and cosine 0.99999; int8 must reach ``min_cosine``
+    (default 0.98) on the example-like and real inputs. ``eval_data`` of ``(x, y)`` batches adds the accuracy change to the report.
     reduce_range (int8): 7-bit weights, which every x86 CPU runs without overflow; ``False`` keeps
     8-bit weights, for files that will only run on CPUs with VNNI or on ARM.
 
@@ -166,28 +220,36 @@ def export(
     module = module.eval()
 
     model_bytes, used = _export_fp32(module, examples, exporter)
+    inputs = parity_inputs(examples, eval_data if eval_data is not None else calibration)
+    # before int8 the fp32 graph is checked by cosine alone: a fake-quantized sub-model rounds its
+    # activations, and a rounding that flips on float noise moves one output by a quantization step
+    max_err, cosine = verify(_runnable(model_bytes, module), module, inputs, atol=None if quantize else atol,
+                             floor=0.99999 if min_cosine is None or quantize else min_cosine,
+                             what=f"{type(module).__name__} (fp32)")
     method = "fp32"
+    session = None
     if quantize == "int8":
         exclude = () if bits is None else excluded_nodes(model_bytes, bits)
         model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude, reduce_range)
-    try:
-        session = _session(model_bytes)
-    except Exception as err:
-        raise ExportError(f"ONNX Runtime cannot run the exported {type(module).__name__}: {err}") from err
-    max_err, cosine = parity(session, module, _batch_variant(examples))
-    with torch.no_grad():
-        scale = max(1.0, first_output(module(*examples)).abs().max().item())
-    floor = (0.98 if quantize else 0.99999) if min_cosine is None else min_cosine
-    if cosine < floor or (not quantize and max_err > atol * scale):
-        raise ExportError(
-            f"parity check failed for {type(module).__name__} ({method}): max abs error {max_err:.3g} "
-            f"(allowed {atol * scale:.3g}), cosine {cosine:.6f} (needs >= {floor})"
-        )
-    report = ExportReport(str(path), len(model_bytes), used, quantize, method, max_err, cosine)
+        session = _runnable(model_bytes, module)
+        # the fp32 graph is verified on every input above; the int8 one within its own tolerance,
+        # on the inputs it was calibrated for (random batches leave its calibrated ranges)
+        kept = {k: v for k, v in inputs.items() if not k.startswith("random")}
+        max_err, cosine = verify(session, module, kept, atol=None, floor=0.98 if min_cosine is None else min_cosine,
+                                 what=f"{type(module).__name__} ({method})")
+    report = ExportReport(str(path), len(model_bytes), used, quantize, method, max_err, cosine,
+                          parity_inputs=list(inputs if quantize is None else kept))
     if eval_data is not None:
-        report.accuracy = _accuracy_change(module, session, eval_data)
+        report.accuracy = _accuracy_change(module, session or _runnable(model_bytes, module), eval_data)
     _write_atomic(path, model_bytes)
     return report
+
+
+def _runnable(model_bytes: bytes, module: nn.Module):
+    try:
+        return _session(model_bytes)
+    except Exception as err:
+        raise ExportError(f"ONNX Runtime cannot run the exported {type(module).__name__}: {err}") from err
 
 
 def _check_int8_bits(bits: Mapping[str, int]) -> None:
