@@ -29,7 +29,7 @@ from pathlib import Path
 
 import onefit
 from onefit.cost.latency import environment, torch_threads
-from onefit.nas import Front, PredictorSearch, Trial, family_problem, search
+from onefit.search import Front, PredictorSearch, Trial, family_problem, search
 from onefit.space import Dimension, Space
 
 sys.path.insert(0, str(Path(__file__).parent))

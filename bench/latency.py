@@ -23,9 +23,9 @@ import torch
 import onefit
 from onefit.cost import LatencyModel, environment, machine_roofline, measure_latency, spearman
 from onefit.data import digits
-from onefit.demo import spread
+from onefit.report.tables import spread
 from onefit.export import export, run_onnx
-from onefit.export.onnx import _session
+from onefit.export.onnx import onnx_session
 from onefit.select import distinct_chain
 
 RESULTS = Path(__file__).parent / "results"
@@ -147,7 +147,7 @@ def minilm_part(args, tmp: Path) -> dict:
         int8 = export(sub, tmp / f"minilm{i}-int8.onnx", (ids[:2], mask[:2]), quantize="int8")
         with torch.no_grad():
             own = sub(ids, mask)
-        got = torch.from_numpy(run_onnx(_session(Path(int8.path)), (ids, mask)))
+        got = torch.from_numpy(run_onnx(onnx_session(Path(int8.path)), (ids, mask)))
         cost = onefit.costs(family, arch)
         row = {"arch": arch, **cost, "bytes": {"fp32": fp32.bytes, "int8": int8.bytes},
                "cosine_to_original": torch.nn.functional.cosine_similarity(own, reference, dim=-1).tolist(),

@@ -24,8 +24,8 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from onefit.cost.latency import environment, torch_threads
-from onefit.nas import PredictorSearch, family_problem
-from onefit.nas.linas import PREDICTORS, make_predictor
+from onefit.search import PredictorSearch, family_problem
+from onefit.search.predictor import PREDICTORS, make_predictor
 from search_efficiency import OBJECTIVES, trained_family
 
 RESULTS = Path(__file__).parent / "results"

@@ -32,9 +32,9 @@ import torch
 import onefit
 from onefit.cost.latency import environment, torch_threads
 from onefit.data import digits, mnist5k
-from onefit.elastic.diffquant import bake_, points_bytes
+from onefit.elastic.learned_points import bake_, points_bytes
 from onefit.train import evaluate, recalibrate_bn, train_plain
-from onefit.train.diffquant import DifferentiableQuantizationConfig, learn_points
+from onefit.train.differentiable_quantization import DifferentiableQuantizationConfig, learn_points
 from onefit.train.quantized import QuantizedDistillationConfig, QuantizedDistillationRecipe
 from onefit.train.sampler import uniform_bits
 from onefit.zoo import plain_cnn

@@ -31,7 +31,7 @@ import torch
 import onefit
 from onefit.cost.latency import environment, torch_threads
 from onefit.data import digits, mnist5k, validation_split
-from onefit.nas import SEARCHERS, Front, Metric, Problem, Trial, family_problem, search
+from onefit.search import SEARCHERS, Front, Metric, Problem, Trial, family_problem, search
 from onefit.train import SortedNetConfig, SortedNetRecipe, train, train_plain
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,12 +22,12 @@ def test_every_zoo_sub_model_exports_with_parity(name, tmp_path):
 
 
 def test_dynamo_exporter_gives_a_dynamic_batch(tmp_path):
-    from onefit.export.onnx import _session, run_onnx
+    from onefit.export.onnx import onnx_session, run_onnx
 
     model = onefit.zoo.mlp(hidden=16).eval()
     report = export(model, tmp_path / "m.onnx", (torch.randn(2, 1, 8, 8),), exporter="dynamo")
     assert report.exporter == "dynamo"
-    session = _session(tmp_path / "m.onnx")
+    session = onnx_session(tmp_path / "m.onnx")
     x = torch.randn(7, 1, 8, 8)
     assert torch.allclose(torch.from_numpy(run_onnx(session, (x,))), model(x), atol=1e-5)
 
@@ -142,15 +142,15 @@ def test_a_module_that_freezes_an_input_dependent_value_is_not_verified(how, tmp
     assert not list(tmp_path.iterdir())
     # the dynamo exporter follows the value symbolically: then the file is right on new inputs
     report = onefit.export(module, tmp_path / "m.onnx", example)
-    from onefit.export.onnx import _session, run_onnx
+    from onefit.export.onnx import onnx_session, run_onnx
 
     x = torch.randn(7, 8) * 5 - 2
-    got = torch.from_numpy(run_onnx(_session(tmp_path / "m.onnx"), (x,)))
+    got = torch.from_numpy(run_onnx(onnx_session(tmp_path / "m.onnx"), (x,)))
     assert report.exporter == "dynamo" and torch.allclose(got, module(x), atol=1e-5)
 
 
 def test_a_graph_holding_the_example_as_a_constant_fails_parity_on_other_inputs(tmp_path):
-    from onefit.export.onnx import _session, parity_inputs, verify
+    from onefit.export.onnx import onnx_session, parity_inputs, verify
 
     example = (torch.randn(2, 8) + 3.0,)
     module = FreezesMean("float").eval()
@@ -164,7 +164,7 @@ def test_a_graph_holding_the_example_as_a_constant_fails_parity_on_other_inputs(
             return self.fc(x - self.centre)
 
     onefit.export(Baked(), tmp_path / "baked.onnx", example)
-    session, inputs = _session(tmp_path / "baked.onnx"), parity_inputs(example)
+    session, inputs = onnx_session(tmp_path / "baked.onnx"), parity_inputs(example)
     with pytest.raises(ExportError, match="parity check failed for FreezesMean"):
         verify(session, module, inputs, atol=1e-4, floor=0.99999, what="FreezesMean")
     for name in ("random (batch 3)", "random at 4x the spread (batch 3)"):  # far off, not at the tolerance

@@ -79,7 +79,7 @@ def test_a_factorized_family_saves_and_loads(tmp_path):
     family, _, x = rank_family()
     ordered_rank.restrict_rank_(family, "rank:5", 20)  # as progressive shrinking leaves it: 20 needs 32
     family.save(tmp_path / "f")
-    loaded = onefit.checkpoint.restore_(rank_family(seed=1)[0], tmp_path / "f")
+    loaded = onefit.saved.restore_(rank_family(seed=1)[0], tmp_path / "f")
     assert loaded.space["rank:5"].choices == (16, 32)
     arch = loaded.space.min()
     with torch.no_grad():
@@ -87,13 +87,13 @@ def test_a_factorized_family_saves_and_loads(tmp_path):
     other = rank_family(seed=1)[0]
     other.module.register_buffer("extra", torch.zeros(1))  # the weights no longer fit
     with pytest.raises(onefit.checkpoint.CheckpointError, match="weights do not fit"):
-        onefit.checkpoint.restore_(other, tmp_path / "f")
+        onefit.saved.restore_(other, tmp_path / "f")
     assert other.space["rank:5"].choices == (16, 32, 64)  # a failed restore leaves the space alone
     family.space = onefit.Space([onefit.space.Dimension(d.name, d.kind, (16, 20)) if d.name == "rank:5" else d
                                  for d in family.space])  # not a cap of the config's choices
     family.save(tmp_path / "g")
     with pytest.raises(onefit.checkpoint.CheckpointError, match="does not rebuild the saved space"):
-        onefit.checkpoint.restore_(rank_family(seed=1)[0], tmp_path / "g")
+        onefit.saved.restore_(rank_family(seed=1)[0], tmp_path / "g")
 
 
 def test_bad_ranks_are_refused_with_clear_messages():
@@ -231,9 +231,19 @@ def test_ordered_rank_training_recovers_the_svd():
     config = onefit.ElasticConfig(rank=tuple(b / d_out for b in range(1, d_out + 1)))
     family = onefit.elasticize(nn.Sequential(nn.Linear(d_in, d_out, bias=False)), (torch.rand(2, d_in),), config)
     # no group lasso: it shrinks the components (a biased estimator), the theorem is about nesting alone
-    squared_error = lambda out, y: (out - y).pow(2).sum(-1).mean()  # noqa: E731
+    from onefit.tasks import Task
+
+    class SquaredError(Task):  # a task of the test's own: regression onto (x, x A^T)
+        name = "squared_error"
+
+        def inputs(self, batch):
+            return (batch[0],)
+
+        def loss(self, out, batch):
+            return (out - batch[1]).pow(2).sum(-1).mean()
+
     recipe = OrderedRankRecipe(OrderedRankConfig(group_lasso=0.0, shrink_every=0, distill="none"),
-                               SandwichSampler(n_random=6), loss=squared_error)
+                               SandwichSampler(n_random=6))
     optimizer = torch.optim.SGD(family.parameters(), lr=0.2, momentum=0.9)
     steps, threads = 400, torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: threads only add overhead
@@ -241,7 +251,7 @@ def test_ordered_rank_training_recovers_the_svd():
         for i in range(steps):
             set_cosine_lr(optimizer, i, steps)
             x = torch.rand(256, d_in) * 2 - 1  # uniform on [-1, 1]^d: covariance I/3
-            recipe.step(family, (x, x @ target.T), optimizer)
+            recipe.step(family, (x, x @ target.T), optimizer, task=SquaredError())
     finally:
         torch.set_num_threads(threads)
     layer = family.module.get_submodule("0")

@@ -16,7 +16,7 @@ def test_import_onefit_stays_light():
 
 
 @pytest.mark.parametrize("module", ["onefit.space", "onefit.family", "onefit.importance", "onefit.config", "onefit.trust",
-                                    "onefit.train.rng", "onefit.zoo", "onefit.coverage"])
+                                    "onefit.train.rng", "onefit.zoo", "onefit.inspect"])
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0

@@ -11,13 +11,13 @@ import torch
 import onefit
 from conftest import said
 from onefit.data import digits
-from onefit.elastic import diffquant
-from onefit.elastic.diffquant import bake_, differentiable_quantize_, point_parameters, points_bytes, quantizers
+from onefit.elastic import learned_points as diffquant
+from onefit.elastic.learned_points import bake_, differentiable_quantize_, point_parameters, points_bytes, quantizers
 from onefit.elastic.quant import calibrate_, quantize_values, weight_layer
 from onefit.export import packed
 from onefit.train import quantized, sampler
-from onefit.train import diffquant as diffquant_training
-from onefit.train.diffquant import DifferentiableQuantizationConfig, learn_points
+from onefit.train import differentiable_quantization as diffquant_training
+from onefit.train.differentiable_quantization import DifferentiableQuantizationConfig, learn_points
 from onefit.train.quantized import QuantizedDistillationConfig, QuantizedDistillationRecipe
 from onefit.train.sampler import uniform_bits
 
@@ -368,7 +368,7 @@ def test_learned_points_refuse_a_second_quantizer_and_freeze_what_does_not_learn
 def test_learn_points_needs_data_with_a_length():
     stream = ((X, Y) for _ in range(2))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    with pytest.raises(ValueError, match="data must have a length.*got generator"):
+    with pytest.raises(ValueError, match="needs data with a length.*got generator"):
         learn_points(model, stream, DifferentiableQuantizationConfig(bits=2), epochs=1, progress=False)
     assert not quantizers(model)  # refused before anything was attached
 

@@ -115,3 +115,39 @@ def test_inputs_of_another_dtype_and_labels_out_of_range_are_data_errors(data):
     # a batch that changes shape after the first is caught too, not only the first batch
     with pytest.raises(DataError, match=r"inputs of shape \(64, 64\)"):
         onefit.train(family, [(x, y), (x.flatten(1), y)], epochs=1, progress=False)
+
+
+def test_gradient_noise_is_annealed_seeded_and_resumable(tmp_path, data):
+    from onefit.train import GradientNoise
+
+    w = torch.nn.Parameter(torch.zeros(10000))
+    noisy = GradientNoise(torch.optim.SGD([w], lr=1.0), eta=0.3)
+    stds = []
+    for _ in range(3):
+        before = w.detach().clone()
+        w.grad = torch.zeros_like(w)
+        noisy.step()
+        stds.append((w.detach() - before).std().item())
+    expected = [(0.3 / (1 + t) ** 0.55) ** 0.5 for t in range(3)]  # variance eta / (1 + t)^0.55
+    assert all(abs(s - e) < 0.03 * e for s, e in zip(stds, expected)), (stds, expected)
+    batches = list(data[0])[:4]
+    runs = []
+    for folder in ("a", "b"):
+        family = small_family()
+        onefit.train(family, batches, epochs=2, gradient_noise=0.01, checkpoint=tmp_path / folder, progress=False)
+        runs.append(family)
+    from test_recipe_contract import StopsAfter
+
+    family = small_family()  # the same run, stopped after one epoch and resumed
+    with pytest.raises(KeyboardInterrupt):
+        onefit.train(family, StopsAfter(batches, 1), epochs=2, gradient_noise=0.01, checkpoint=tmp_path / "c",
+                     progress=False)
+    family = small_family()
+    onefit.train(family, batches, epochs=2, gradient_noise=0.01, checkpoint=tmp_path / "c", progress=False)
+    plain = small_family()
+    onefit.train(plain, batches, epochs=2, progress=False)
+    w = [f.module[1].weight for f in (*runs, family, plain)]
+    assert torch.equal(w[0], w[1]) and torch.equal(w[0], w[2]) and not torch.equal(w[0], w[3])
+    assert runs[0].history[-1]["gradient_noise"] == 0.01
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        onefit.train(small_family(), batches, epochs=1, gradient_noise=-1.0, progress=False)

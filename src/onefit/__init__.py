@@ -3,9 +3,10 @@
 Public names only. Heavy optional dependencies (onnx, transformers, ...) are imported where used.
 """
 
-from onefit.checkpoint import CheckpointError, load
+from onefit.checkpoint import CheckpointError
+from onefit.saved import load
 from onefit.cost import costs, count_macs, count_params
-from onefit.coverage import Coverage, inspect
+from onefit.inspect import Coverage, inspect
 from onefit.export import ExportError, ExportReport, export
 from onefit.config import ElasticConfig
 from onefit.family import Family, elasticize
@@ -13,7 +14,7 @@ from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import zoo
-from onefit.nas import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,
+from onefit.search import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,
                         family_problem, search)
 from onefit.train import (
     DifferentiableQuantizationConfig,

@@ -3,11 +3,12 @@
 A folder holds ``family.json`` and the tensor files it names, each named by its content hash.
 Saving writes the tensor files first and the manifest last with an atomic rename, then removes
 files no manifest names, so a save killed at any point leaves the previous checkpoint whole.
-The manifest carries the sha256 of its own content, checked before anything in it is used.
-Loading rebuilds the model (from the recorded factory, or a model you pass), elasticizes it the
-same way, and checks the space, the hashes, every key and every shape. A recorded factory is
-imported only when it is one of onefit's own (``onefit.zoo:NAME``) or the caller says
-``trust_code=True``: opening a folder never runs code the folder names (``onefit.trust``).
+The manifest carries the sha256 of its own content, checked before anything in it is used: it
+catches a damaged or hand-edited manifest, not a deliberate forgery (anyone can recompute it);
+what keeps a folder from running code is that it can only name onefit's own factories.
+A recorded factory is imported only when it is one of onefit's own (``onefit.zoo:NAME``) or the
+caller says ``trust_code=True``: opening a folder never runs code the folder names
+(``onefit.trust``). Rebuilding a family from a folder is ``onefit.saved.load``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _write_tensors(directory: Path, stem: str, tensors: dict[str, torch.Tensor])
     return {"file": name, "sha256": digest}
 
 
-def _read_tensors(directory: Path, entry: dict) -> dict[str, torch.Tensor]:
+def read_tensors(directory: Path, entry: dict) -> dict[str, torch.Tensor]:
     path = directory / entry["file"]
     if not path.exists():
         raise CheckpointError(f"{directory}: {entry['file']} is missing; the checkpoint is incomplete")
@@ -122,6 +123,7 @@ def _manifest_digest(manifest: dict) -> str:
 
 # Entries every manifest has, and the JSON type each must be.
 _SHAPE = {"format": str, "version": int, "config": dict, "space": list, "example_inputs": list, "weights": dict}
+_OPTIONAL = {"source": dict, "history": list, "latency_models": dict, "optimizer": dict}  # None when absent
 
 
 def read_manifest(directory) -> dict:
@@ -139,7 +141,7 @@ def read_manifest(directory) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path} holds a JSON {type(manifest).__name__}, not the object of a family manifest")
-    if manifest.get("format") != FORMAT or manifest.get("version") not in VERSIONS:
+    if manifest.get("format") != FORMAT or type(manifest.get("version")) is not int or manifest["version"] not in VERSIONS:
         raise CheckpointError(
             f"{path}: format {manifest.get('format')!r} v{manifest.get('version')} is not {FORMAT!r} "
             f"(versions {', '.join(map(str, VERSIONS))})"
@@ -148,6 +150,11 @@ def read_manifest(directory) -> dict:
         raise CheckpointError(f"{path}: content does not match its recorded sha256; the manifest was changed")
     wrong = [f"{key!r} ({'missing' if key not in manifest else type(manifest[key]).__name__})"
              for key, kind in _SHAPE.items() if not isinstance(manifest.get(key), kind)]
+    wrong += [f"{key!r} ({type(manifest[key]).__name__})" for key, kind in _OPTIONAL.items()
+              if manifest.get(key) is not None and not isinstance(manifest[key], kind)]
+    progress = manifest.get("progress")
+    if "optimizer" in manifest and not (isinstance(progress, dict) and type(progress.get("epoch")) is int):
+        wrong.append("'progress' (needs an int 'epoch' beside the optimizer state)")
     if wrong:
         raise CheckpointError(f"{path}: not a family manifest: {', '.join(wrong)}; expected "
                               + ", ".join(f"{k!r} ({t.__name__})" for k, t in _SHAPE.items()))
@@ -178,7 +185,7 @@ def build_from_source(source: dict | None, trust_code: bool = False) -> nn.Modul
     return factory(**kwargs)
 
 
-def _example_inputs(manifest: dict) -> tuple[torch.Tensor, ...]:
+def example_inputs_of(manifest: dict) -> tuple[torch.Tensor, ...]:
     examples = []
     for x in manifest["example_inputs"]:
         dtype = getattr(torch, str(x.get("dtype")), None) if isinstance(x, dict) else None
@@ -190,64 +197,11 @@ def _example_inputs(manifest: dict) -> tuple[torch.Tensor, ...]:
     return tuple(examples)
 
 
-def load(directory, model: nn.Module | None = None, *, trust_code: bool = False):
-    """Load a family saved with ``Family.save``. ``model`` is an untrained instance of the original
-    architecture; leave it out when the family records a zoo factory. A family that records any
-    other factory is rebuilt from it only with ``trust_code=True``, since that imports and runs it."""
-    from onefit.config import ElasticConfig
-    from onefit.family import elasticize
-
-    manifest = read_manifest(directory)
-    model = model if model is not None else build_from_source(manifest.get("source"), trust_code)
-    try:
-        config = ElasticConfig(**manifest["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory}: the manifest's config is not an ElasticConfig: {err}") from err
-    return restore_(elasticize(model, _example_inputs(manifest), config), directory)
-
-
-def restore_(family, directory):
-    """Load the weights, history and source saved in ``directory`` into ``family`` in place,
-    after checking that it has the saved space and exactly the saved tensors."""
-    from onefit.space import Space
-
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    saved = Space.from_json(manifest["space"])
-    if family.space != saved and not _ranks_shrunk(family.space, saved):
-        raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
-    weights = _read_tensors(directory, manifest["weights"])
-    expected = family.module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong[:5]}"
-        )
-    from onefit.cost.latency_model import LatencyModel
-
-    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
-    family.module.load_state_dict(weights)
-    family.source, family.history = manifest.get("source"), manifest.get("history", [])
-    family.latency_models = {k: LatencyModel.from_json(v) for k, v in manifest.get("latency_models", {}).items()}
-    return family
-
-
-def _ranks_shrunk(rebuilt, saved) -> bool:
-    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped: their choices are the
-    rebuilt ones up to a cap (``onefit.train.ordered_rank.restrict_rank_``)."""
-    if rebuilt.names != saved.names:
-        return False
-    return all(a == b or (a.kind == b.kind == "rank" and b.choices == a.choices[: len(b.choices)])
-               for a, b in zip(rebuilt, saved))
-
-
 def load_training_state(directory, optimizer: torch.optim.Optimizer) -> dict:
     """Restore ``optimizer`` from a checkpoint saved during training; returns its progress record."""
     manifest = read_manifest(directory)
     if "optimizer" not in manifest:
         raise CheckpointError(f"{directory} holds no optimizer state to resume from")
     entry = manifest["optimizer"]
-    optimizer.load_state_dict(_optimizer_state(_read_tensors(Path(directory), entry), entry))
+    optimizer.load_state_dict(_optimizer_state(read_tensors(Path(directory), entry), entry))
     return manifest["progress"]

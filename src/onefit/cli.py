@@ -16,7 +16,7 @@ app = typer.Typer(help="onefit: one network, a family of nested sub-models, the 
 
 
 CODE_WARNING = "imports and runs that code"
-TRUST_HELP = ("import the data factory that RUN/config.json names even when it is not one of onefit's own "
+TRUST_HELP = ("import the model and data factories the run folder names even when they are not onefit's own "
               "(this runs that code; only for folders you trust)")
 
 
@@ -137,10 +137,17 @@ def inspect_command(
     arguments = _json_object("--kwargs", kwargs, '\'{"widths": [8, 16]}\'')
     try:
         config = onefit.ElasticConfig(bits=_parse_bits(bits)) if bits else None
-        factory = import_path(model, "model factory")
     except ValueError as err:
-        raise _bad("--bits" if bits and "bit" in str(err) else "MODEL", str(err)) from None
+        raise _bad("--bits", str(err)) from None
     with _failures():
+        try:
+            factory = import_path(model, "model factory")
+        except ValueError as err:  # no such module or function: the argument is wrong
+            raise _bad("MODEL", str(err)) from None
+        except Exception as err:  # the module itself fails on import
+            if _debug:
+                raise
+            raise CommandError(f"importing {model!r} raised {type(err).__name__}: {err}") from err
         try:
             built = factory(**arguments)
         except Exception as err:
@@ -232,7 +239,7 @@ def export_command(
     name = _file_name("--name", name)
     wanted = _json_object("--arch", arch, '\'{"depth:stages.0": 1}\'') if arch is not None else None
     with _failures():
-        family = onefit.load(run / "family")
+        family = onefit.load(run / "family", trust_code=trust_code)
         if wanted is not None:
             try:
                 chosen = family.space.complete(wanted)
@@ -290,13 +297,14 @@ def search_command(
     import onefit
     from onefit.data import validation_split
     from onefit.report.tables import front_table
-    from onefit.nas import SEARCHERS, family_problem, search
+    from onefit.report.plots import plot_front
+    from onefit.search import SEARCHERS, ProblemError, family_problem, search
 
     if searcher not in SEARCHERS:
         raise _bad("--searcher", f"unknown searcher {searcher!r}; choose one of {sorted(SEARCHERS)}")
     constraints = _parse_constraints(constraint)
     with _failures():
-        family = onefit.load(run / "family")
+        family = onefit.load(run / "family", trust_code=trust_code)
         train_data, _ = _load_data(run, data, trust_code)
         if train_data is None:
             raise CommandError(f"{run / 'config.json'} names no data to evaluate sub-models on; pass --data")
@@ -305,13 +313,13 @@ def search_command(
         try:
             problem = family_problem(family, val_data, calibration=fit_data, objectives=objectives.split(","),
                                      constraints=constraints)
-        except ValueError as err:  # an objective or a constraint the family cannot have
+        except ProblemError as err:  # an objective or a constraint the family cannot have
             raise _bad("--constraint" if "constraint" in str(err) else "--objectives", str(err)) from None
         front = search(problem, SEARCHERS[searcher](seed=seed), budget=budget, storage=storage or run / "study.db",
                        study_name=study)
         front.save_json(run / "front.json")
         front.save_csv(run / "front.csv")
-        plots = front.plot(run / "plots")
+        plots = plot_front(front, run / "plots")
     from rich.console import Console
 
     from onefit.demo import summarize

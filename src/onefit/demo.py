@@ -16,6 +16,7 @@ from onefit.cost import costs, measure_latency
 from onefit.data import digits, validation_split
 from onefit.family import elasticize
 from onefit.importance import sort_
+from onefit.report.tables import spread
 from onefit.select import distinct_chain, largest_within
 from onefit.train import SortedNetConfig, SortedNetRecipe, evaluate, recalibrate_bn, train, train_plain
 from onefit.zoo import build
@@ -31,13 +32,6 @@ class DemoConfig:
     widths: tuple = (32, 64)  # of the ResNet's two stages
     blocks: tuple = (3, 3)
     search_budget: int = 60  # sub-models the predictor-assisted search evaluates
-
-
-def spread(items: list, n: int) -> list:
-    """``n`` items evenly spaced from first to last."""
-    if len(items) <= n:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 
 def summarize(family, arch: dict) -> str:
@@ -97,13 +91,14 @@ def run_demo(out: Path, config: DemoConfig | None = None, progress: bool = True)
 
 def search_front(family, train_data, val_data, out: Path, config: DemoConfig):
     """Predictor-assisted search of the error x MACs x params front, recorded in out/study.db."""
-    from onefit.nas import PredictorSearch, family_problem, search
+    from onefit.report.plots import plot_front
+    from onefit.search import PredictorSearch, family_problem, search
 
     problem = family_problem(family, val_data, calibration=train_data, objectives=("error", "macs", "params"))
     front = search(problem, PredictorSearch(seed=config.seed), budget=config.search_budget, storage=out / "study.db")
     front.save_json(out / "front.json")
     front.save_csv(out / "front.csv")
-    front.plot(out / "plots")
+    plot_front(front, out / "plots")
     return front
 
 
@@ -125,7 +120,7 @@ def print_table(result: dict) -> None:
     console.print(f"largest nested sub-model within {pick['budget']:,} params: {pick['summary']} "
                   f"(full arch in table.json)")
     from onefit.report.tables import front_table
-    from onefit.nas import Front, Trial
+    from onefit.search import Front, Trial
 
     data = result["front"]
     front = Front([Trial.from_json(t) for t in data["front"]], data["objectives"])

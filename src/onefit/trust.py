@@ -44,29 +44,36 @@ def bundled(spec: str) -> bool:
 
 
 def resolve(spec: str, *, what: str = "factory", trusted: bool = False) -> Callable:
-    """The callable ``spec`` (``module:function``) names. Outside onefit's own factories it is
-    imported only when ``trusted``; then a warning names it first."""
+    """The callable ``spec`` (``module:function``) names. onefit's own factories come from their
+    registries, importing nothing else; any other is imported only when ``trusted``, and a
+    warning names it first."""
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ValueError(f"the {what} must be an import path module:function, got {spec!r}")
-    if not bundled(spec):
-        if not trusted:
-            raise UntrustedCodeError(
-                f"the {what} {spec!r} is not one of onefit's own factories; loading it would import and run that "
-                "code. Pass the model yourself, or trust_code=True (--trust-code) if you trust where this file "
-                "came from")
-        warnings.warn(f"importing and running the {what} {spec!r}", stacklevel=2)
+    if bundled(spec):
+        from onefit.data import DATASETS
+        from onefit.zoo import MODELS
+
+        module, _, name = spec.partition(":")
+        return (MODELS if module == "onefit.zoo" else DATASETS)[name]
+    if not trusted:
+        raise UntrustedCodeError(
+            f"the {what} {spec!r} is not one of onefit's own factories; loading it would import and run that "
+            "code. Pass the model yourself, or trust_code=True (--trust-code) if you trust where this file "
+            "came from")
+    warnings.warn(f"importing and running the {what} {spec!r}", stacklevel=2)
     return import_path(spec, what)
 
 
 def import_path(spec: str, what: str = "factory") -> Callable:
-    """Import ``module:function``, with the working directory on the import path as ``python -m``
-    has it (a console script does not), so ``mymodels:build`` finds ``./mymodels.py``."""
+    """Import ``module:function``, the working directory on the import path as with ``python -m``
+    (a console script does not have it), so ``mymodels:build`` finds ``./mymodels.py``. It goes
+    last, so a folder's files never shadow an installed package."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise ValueError(f"the {what} must be an import path module:function, got {spec!r}")
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:

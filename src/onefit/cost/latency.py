@@ -66,7 +66,7 @@ def torch_threads(threads: int):
 
 def _runner(target, examples: tuple, backend: str, threads: int) -> Callable[[], object]:
     if backend == "onnxruntime":
-        from onefit.export.onnx import _session, export
+        from onefit.export.onnx import onnx_session, export
 
         if isinstance(target, nn.Module):
             import tempfile
@@ -74,9 +74,9 @@ def _runner(target, examples: tuple, backend: str, threads: int) -> Callable[[],
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp, "model.onnx")
                 export(target, path, examples)
-                session = _session(path, threads)
+                session = onnx_session(path, threads)
         else:
-            session = _session(Path(target), threads)
+            session = onnx_session(Path(target), threads)
         feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), examples)}
         return lambda: session.run(None, feeds)
     if not isinstance(target, nn.Module):

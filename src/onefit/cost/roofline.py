@@ -55,7 +55,7 @@ def _onnxruntime_matmul_rate(n: int, threads: int, seconds: float, int8: bool = 
         import numpy as np
         from onnx import TensorProto, helper
 
-        from onefit.export.onnx import _session
+        from onefit.export.onnx import onnx_session
     except ImportError:
         return 0.0
     if int8:
@@ -70,7 +70,7 @@ def _onnxruntime_matmul_rate(n: int, threads: int, seconds: float, int8: bool = 
     graph = helper.make_graph([node], "mm", [helper.make_tensor_value_info(x, t, [n, n]) for x, t in zip("ab", types)],
                               [helper.make_tensor_value_info("c", out, [n, n])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = _session(model.SerializeToString(), threads)
+    session = onnx_session(model.SerializeToString(), threads)
     return _best_rate(lambda: session.run(None, feeds), 2 * n**3, seconds)
 
 

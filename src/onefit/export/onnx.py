@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from onefit.tasks import first_output
+
 EXPORTERS = ("auto", "dynamo", "torchscript")
 QUANTIZE = (None, "int8")
 
@@ -46,7 +48,7 @@ class ExportReport:
         return asdict(self)
 
 
-def _session(path_or_bytes, threads: int | None = None):
+def onnx_session(path_or_bytes, threads: int | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -95,15 +97,6 @@ def _export_with(module: nn.Module, examples: tuple, exporter: str) -> bytes:
         return Path(tmp, "m.onnx").read_bytes()
 
 
-def first_output(output) -> torch.Tensor:
-    """The first tensor of a module's output: a tensor, a tuple or list, or a dict-like model output."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return first_output(next(iter(output.values())))
-    return first_output(output[0])
-
-
 def parity(session, module: nn.Module, inputs: tuple) -> tuple[float, float]:
     """Max absolute error and cosine between ONNX Runtime's and PyTorch's first outputs on ``inputs``."""
     with torch.no_grad():
@@ -147,10 +140,12 @@ def parity_inputs(examples: tuple, data: Iterable | None = None, seed: int = 0) 
               f"random (batch {n})": tuple(like(x, 1.0) for x in examples)}
     if any(x.is_floating_point() for x in examples):
         inputs[f"random at 4x the spread (batch {n})"] = tuple(like(x, 4.0) for x in examples)
-    batch = next(iter(data), None) if data is not None else None
+    # the first batch of data that can be read twice (a one-shot iterator is left to its owner)
+    batch = next(iter(data), None) if data is not None and iter(data) is not data else None
     if batch is not None:
         real = tuple(batch[: len(examples)]) if isinstance(batch, (tuple, list)) else (batch,)
-        if all(isinstance(x, torch.Tensor) and x.shape[1:] == e.shape[1:] for x, e in zip(real, examples)):
+        if all(isinstance(x, torch.Tensor) and x.shape[1:] == e.shape[1:] and x.dtype == e.dtype
+               for x, e in zip(real, examples)):
             inputs[f"data (batch {real[0].shape[0]})"] = real
     return inputs
 
@@ -188,6 +183,7 @@ def export(
     min_cosine: float | None = None,
     bits: Mapping[str, int] | None = None,
     reduce_range: bool = True,
+    task=None,
 ) -> ExportReport:
     """Export ``module`` to ``path`` as one ONNX file, verified against PyTorch.
 
@@ -195,7 +191,8 @@ def export(
     convolutions, dynamic quantization for Linear-only models. Parity, on every input of
     ``parity_inputs`` (the report lists them): the fp32 graph must match within ``atol``
     (relative to the output scale) and cosine 0.99999; int8 must reach ``min_cosine``
-    (default 0.98) on the example-like and real inputs. ``eval_data`` of ``(x, y)`` batches adds the accuracy change to the report.
+    (default 0.98) on the example-like and real inputs. ``eval_data`` (batches of ``task``,
+    classification by default) adds the task's metric of the file and its change to the report.
     reduce_range (int8): 7-bit weights, which every x86 CPU runs without overflow; ``False`` keeps
     8-bit weights, for files that will only run on CPUs with VNNI or on ARM.
 
@@ -240,14 +237,14 @@ def export(
     report = ExportReport(str(path), len(model_bytes), used, quantize, method, max_err, cosine,
                           parity_inputs=list(inputs if quantize is None else kept))
     if eval_data is not None:
-        report.accuracy = _accuracy_change(module, session or _runnable(model_bytes, module), eval_data)
+        report.accuracy = _accuracy_change(module, session or _runnable(model_bytes, module), eval_data, task)
     _write_atomic(path, model_bytes)
     return report
 
 
 def _runnable(model_bytes: bytes, module: nn.Module):
     try:
-        return _session(model_bytes)
+        return onnx_session(model_bytes)
     except Exception as err:
         raise ExportError(f"ONNX Runtime cannot run the exported {type(module).__name__}: {err}") from err
 
@@ -264,15 +261,14 @@ def _check_int8_bits(bits: Mapping[str, int]) -> None:
             "use onefit.export.packed.pack for their packed size, or choose 8 bits for these layers")
 
 
-def _accuracy_change(module: nn.Module, session, data: Iterable) -> dict:
-    from onefit.train import evaluate
+def _accuracy_change(module: nn.Module, session, data: Iterable, task) -> dict:
+    """The task's metric of the PyTorch module and of the ONNX file on ``data``, and the change."""
+    from onefit.tasks import ClassificationTask, evaluate
 
-    correct = total = 0
-    for x, y in data:
-        correct += int((np.argmax(run_onnx(session, (x,)), -1) == y.numpy()).sum())
-        total += len(y)
-    torch_acc, onnx_acc = evaluate(module, data), 100.0 * correct / max(total, 1)
-    return {"torch": torch_acc, "onnx": onnx_acc, "change": onnx_acc - torch_acc}
+    task = task or ClassificationTask()
+    onnx_value = task.metric(lambda inputs: torch.from_numpy(np.asarray(run_onnx(session, inputs))), data)
+    torch_value = evaluate(module, data, task)
+    return {"metric": task.metric_name, "torch": torch_value, "onnx": onnx_value, "change": onnx_value - torch_value}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

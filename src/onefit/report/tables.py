@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from onefit.nas.pareto import Front
-
 COUNTS = ("params", "macs", "weight_bytes")
 
 
@@ -15,12 +13,18 @@ def _cell(name: str, value: float) -> str:
     return f"{value:.3g}"
 
 
-def front_table(front: Front, title: str | None, summarize=None, limit: int = 20):
-    """One row per arch on the front (at most ``limit``, evenly spread), objectives first, then the
-    other counts that were measured; ``summarize(arch) -> str`` gives the arch column."""
-    from rich.table import Table
+def spread(items: list, n: int) -> list:
+    """``n`` items evenly spaced from first to last."""
+    if len(items) <= n:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
-    from onefit.demo import spread
+
+def front_table(front, title: str | None, summarize=None, limit: int = 20):
+    """One row per arch on the front (an ``onefit.search.Front``; at most ``limit``, evenly spread),
+    objectives first, then the other counts that were measured; ``summarize(arch) -> str`` gives
+    the arch column."""
+    from rich.table import Table
 
     measured = {n for t in front.trials for n in t.metrics}
     names = list(front.objectives) + [n for n in COUNTS if n not in front.objectives and n in measured]

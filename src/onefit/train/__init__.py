@@ -1,22 +1,32 @@
-"""Training recipes (a config plus a public ``step``) and ``train``, the loop around a step."""
+"""Training: recipes (a config plus a public ``step``, registered in ``RECIPES``) and ``train``,
+the one loop around any recipe's step."""
 
+from onefit.tasks import DataError, evaluate
 from onefit.train.bn import recalibrate_bn
-from onefit.train.diffquant import DifferentiableQuantizationConfig, DifferentiableQuantizationRecipe, learn_points
-from onefit.train.loop import DataError, evaluate, train, train_plain
+from onefit.train.differentiable_quantization import DifferentiableQuantizationConfig, DifferentiableQuantizationRecipe, learn_points
+from onefit.train.loop import train, train_plain
+from onefit.train.noise import GradientNoise
 from onefit.train.ordered_rank import OrderedRankConfig, OrderedRankRecipe
+from onefit.train.plain import PlainConfig, PlainRecipe
 from onefit.train.quantized import QuantizedDistillationConfig, QuantizedDistillationRecipe
+from onefit.train.recipe import RECIPES, Recipe, recipe_from, register_recipe
 from onefit.train.sampler import SandwichSampler, uniform_bits
 from onefit.train.sorted import SortedNetConfig, SortedNetRecipe
 from onefit.train.trp import TRPConfig, TRPRecipe
 
 __all__ = [
+    "RECIPES",
     "DataError",
     "DifferentiableQuantizationConfig",
     "DifferentiableQuantizationRecipe",
+    "GradientNoise",
     "OrderedRankConfig",
     "OrderedRankRecipe",
+    "PlainConfig",
+    "PlainRecipe",
     "QuantizedDistillationConfig",
     "QuantizedDistillationRecipe",
+    "Recipe",
     "SandwichSampler",
     "SortedNetConfig",
     "SortedNetRecipe",
@@ -25,6 +35,8 @@ __all__ = [
     "evaluate",
     "learn_points",
     "recalibrate_bn",
+    "recipe_from",
+    "register_recipe",
     "train",
     "train_plain",
     "uniform_bits",

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 
-def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = 20) -> nn.Module:
+def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = 20, task=None) -> nn.Module:
     """Reset every batch norm of ``module`` and re-estimate it as an exact average over
-    ``batches`` batches of ``data`` (pairs ``(x, y)`` or inputs). Returns ``module`` in eval mode."""
+    ``batches`` batches of ``data`` (the task's batches; by default pairs ``(x, y)`` or inputs).
+    Returns ``module`` in eval mode."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return module.eval()
@@ -26,7 +27,10 @@ def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = 20) -> nn.M
     module.train()
     with torch.no_grad():
         for batch in islice(data, batches):
-            module(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            if task is not None:
+                module(*task.inputs(batch))
+            else:
+                module(batch[0] if isinstance(batch, (tuple, list)) else batch)
     for m, momentum in zip(norms, saved):
         m.momentum = momentum
     return module.eval()

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
 from onefit.space import Dimension, Space
+from onefit.tasks import Task
+from onefit.train.recipe import Recipe, register_recipe
 from onefit.train.sampler import SandwichSampler
 from onefit.train.sorted import SortedNetConfig, nested_backward
 
@@ -101,16 +100,15 @@ def zero_tail_(layer, rank: int, optimizer: torch.optim.Optimizer | None = None)
                 buffer[tail] = 0
 
 
+@register_recipe
 @dataclass
-class OrderedRankRecipe:
-    """Maestro's ordered-rank training as a onefit recipe: ``onefit.train(family, data, recipe, ...)``.
+class OrderedRankRecipe(Recipe):
+    """Maestro's ordered-rank training as a onefit recipe: ``onefit.train(family, data, recipe, ...)``."""
 
-    ``loss``: the task loss on (outputs, targets); cross-entropy by default.
-    """
-
+    name = "ordered_rank"
+    config_type = OrderedRankConfig
     config: OrderedRankConfig = field(default_factory=OrderedRankConfig)
     sampler: SandwichSampler = field(default_factory=SandwichSampler)
-    loss: Callable | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)
@@ -118,7 +116,7 @@ class OrderedRankRecipe:
         self.shrunk: dict[str, int] = {}  # rank dimension -> components it kept at its last shrink
 
     def describe(self) -> dict:
-        return {"recipe": "ordered_rank", "config": asdict(self.config), "sampler": asdict(self.sampler),
+        return {"recipe": self.name, "config": asdict(self.config), "sampler": asdict(self.sampler),
                 "shrunk": dict(self.shrunk)}
 
     def state_dict(self) -> dict:
@@ -128,12 +126,13 @@ class OrderedRankRecipe:
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.shrunk = int(state["steps"]), dict(state["shrunk"])
 
-    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
+    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
+             task: Task | None = None) -> dict:
         """One optimizer step: the sampled sub-models' losses plus the group lasso, then maybe shrink."""
         require_ranks(family, self)
         optimizer.zero_grad(set_to_none=True)
         archs = self.sampler(family.space, self.rng)
-        losses = nested_backward(family, archs, batch, self.config, teacher, self.loss or F.cross_entropy)
+        losses = nested_backward(family, archs, batch, self.config, teacher, task)
         penalty = torch.zeros(())
         if self.config.group_lasso > 0:
             penalty = self.config.group_lasso * hierarchical_group_lasso(family)

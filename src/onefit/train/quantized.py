@@ -6,7 +6,7 @@ One step: the students are the family at uniform bit policies (every layer at ``
 gradient, passed straight through the quantizer, updates the full-precision weights (Algorithm 1,
 lines 3-6). Each student's loss mixes the labels with the teacher's softened outputs,
 ``(1 - a) * CE(y) + a * T^2 * KL(p_teacher^T || p_student^T)`` (eq. 1 with Hinton et al.'s soft
-targets; the same ``distillation_loss`` as SortedNet). The teacher is
+targets; the task's distillation loss, as in SortedNet). The teacher is
 
 - ``"inplace"``: the family's own largest sub-model at full precision, visited first on the same
   batch (and, with ``train_teacher``, trained on the labels in the same step, as in BigNAS);
@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 
 from onefit.elastic.quant import FULL, check_bits
 from onefit.space import Arch, Space
+from onefit.tasks import ClassificationTask, Task, first_output
+from onefit.train.recipe import Recipe, register_recipe
 from onefit.train.sampler import uniform_bits
-from onefit.train.sorted import distillation_loss
 
 TEACHERS = ("inplace", "external", "none")
 
@@ -68,16 +68,16 @@ class QuantizedDistillationConfig:
             raise ValueError(f"{where}.distill_weight must lie in [0, 1], got {self.distill_weight}")
 
 
+@register_recipe
 @dataclass
-class QuantizedDistillationRecipe:
+class QuantizedDistillationRecipe(Recipe):
+    name = "quantized_distillation"
+    config_type = QuantizedDistillationConfig
     config: QuantizedDistillationConfig = field(default_factory=QuantizedDistillationConfig)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)  # the loop saves and restores it with checkpoints
         self._students: tuple[Space, list[Arch]] | None = None  # the last space asked for, and its students
-
-    def describe(self) -> dict:
-        return {"recipe": "quantized_distillation", "config": asdict(self.config)}
 
     def students(self, space: Space) -> list[Arch]:
         """The archs this recipe trains: one per uniform bit policy, then the explicit ones. They are
@@ -89,8 +89,8 @@ class QuantizedDistillationRecipe:
             self._students = (space, archs)
         return [dict(a) for a in self._students[1]]  # copies: a caller may change them
 
-    def _soft_targets(self, family, x, y, teacher, n: int) -> tuple[torch.Tensor | None, float | None]:
-        """The teacher's logits (detached) and, for an in-place teacher, its label loss (backpropagated)."""
+    def _soft_targets(self, family, inputs, batch, task: Task, teacher, n: int) -> tuple[torch.Tensor | None, float | None]:
+        """The teacher's logits (detached) and, for an in-place teacher, its task loss (backpropagated)."""
         cfg = self.config
         if cfg.teacher == "none":
             return None, None
@@ -98,33 +98,35 @@ class QuantizedDistillationRecipe:
             if teacher is None:
                 raise ValueError("QuantizedDistillationConfig.teacher='external' needs a teacher module passed to step()")
             with torch.no_grad():
-                return teacher(x), None
+                return first_output(teacher(*inputs)), None
         grad = torch.enable_grad() if cfg.train_teacher else torch.no_grad()
         with grad, family.activate(family.space.max()):
-            logits = family(x)
-        loss = F.cross_entropy(logits, y)
+            logits = first_output(family(*inputs))
+        loss = task.loss(logits, batch)
         if cfg.train_teacher:
             (loss / n).backward()
         return logits.detach(), loss.item()
 
-    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
-        """One optimizer step over the students of ``family`` on ``batch = (x, y)``.
+    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
+             task: Task | None = None) -> dict:
+        """One optimizer step over the students of ``family`` on ``batch``.
 
-        Returns ``loss_largest`` (the in-place teacher's label loss, else the first student's loss)
+        Returns ``loss_largest`` (the in-place teacher's task loss, else the first student's loss)
         and ``loss_mean`` (over the students)."""
         cfg = self.config
-        x, y = batch
+        task = task or ClassificationTask()
+        inputs = task.inputs(batch)
         students = self.students(family.space)
         n = len(students) + (cfg.teacher == "inplace" and cfg.train_teacher)
         optimizer.zero_grad(set_to_none=True)
-        soft, teacher_loss = self._soft_targets(family, x, y, teacher, n)
+        soft, teacher_loss = self._soft_targets(family, inputs, batch, task, teacher, n)
         losses = []
         for arch in students:
             with family.activate(arch):
-                logits = family(x)  # quantized weights forward; the STE sends the gradient to the fp32 ones
-            loss = F.cross_entropy(logits, y)
+                logits = first_output(family(*inputs))  # quantized weights forward; the STE sends the gradient to the fp32 ones
+            loss = task.loss(logits, batch)
             if soft is not None and cfg.distill_weight > 0:
-                kd = distillation_loss(logits, soft, cfg.temperature)
+                kd = task.distill(logits, soft, cfg.temperature)
                 loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
             (loss / n).backward()
             losses.append(loss.item())

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 
-def _tensor_to_text(t: torch.Tensor) -> str:
+def tensor_to_text(t: torch.Tensor) -> str:
     return base64.b64encode(t.numpy().tobytes()).decode()
 
 
-def _text_to_tensor(text: str) -> torch.Tensor:
+def text_to_tensor(text: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
 
 
@@ -49,19 +49,19 @@ def capture(recipe, data) -> dict:
     return {
         "recipe": list(recipe.rng.getstate()),
         "python": list(random.getstate()),
-        "torch": _tensor_to_text(torch.get_rng_state()),
+        "torch": tensor_to_text(torch.get_rng_state()),
         "numpy": [kind, base64.b64encode(keys.astype(np.uint32).tobytes()).decode(), int(pos), int(has_gauss),
                   float(gauss)],
-        "loader": [_tensor_to_text(g.get_state()) for g in loader_generators(data)],
+        "loader": [tensor_to_text(g.get_state()) for g in loader_generators(data)],
     }
 
 
 def restore(state: dict, recipe, data) -> None:
     """Put back what ``capture`` saved; a loader that draws from another number of generators
     than the one saved is refused, since its order would differ."""
-    recipe.rng.setstate(_as_tuple(state["recipe"]))
-    random.setstate(_as_tuple(state["python"]))
-    torch.set_rng_state(_text_to_tensor(state["torch"]))
+    recipe.rng.setstate(as_tuple(state["recipe"]))
+    random.setstate(as_tuple(state["python"]))
+    torch.set_rng_state(text_to_tensor(state["torch"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.frombuffer(base64.b64decode(keys), dtype=np.uint32), pos, has_gauss, gauss))
     generators = loader_generators(data)
@@ -69,10 +69,10 @@ def restore(state: dict, recipe, data) -> None:
         raise ValueError(f"the data draws its order from {len(generators)} generator(s), the checkpoint saved "
                          f"{len(state['loader'])}: resume with the same kind of loader")
     for generator, saved in zip(generators, state["loader"]):
-        generator.set_state(_text_to_tensor(saved))
+        generator.set_state(text_to_tensor(saved))
 
 
-def _as_tuple(state) -> tuple:
+def as_tuple(state) -> tuple:
     # JSON turns random.getstate()'s tuples into lists; random wants them back as tuples.
     version, internal, gauss = state
     return version, tuple(internal), gauss

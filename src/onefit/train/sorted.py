@@ -3,18 +3,18 @@
 One step: visit the sampler's sub-models on the same batch, accumulate their gradients, take one
 optimizer step. The largest sub-model learns from the labels; the others learn from the labels
 and, with distillation on, from the softened outputs of the largest one (or of an external
-teacher): ``(1 - a) * CE(y) + a * T^2 * KL(p_teacher^T || p_student^T)`` (Hinton et al. 2015).
+teacher): ``(1 - a) * CE(y) + a * T^2 * KL(p_teacher^T || p_student^T)`` (Hinton et al. 2015) for
+classification; the task names its loss and its distillation loss (``onefit.distill``).
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
+from onefit.tasks import ClassificationTask, Task, first_output
+from onefit.train.recipe import Recipe, register_recipe
 from onefit.train.sampler import SandwichSampler
 
 DISTILL = ("none", "inplace", "teacher")
@@ -37,31 +37,26 @@ class SortedNetConfig:
             raise ValueError(f"{name}.distill_weight must lie in [0, 1], got {self.distill_weight}")
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2-scaled KL(teacher || student) on temperature-softened logits, averaged over the batch."""
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
-                    reduction="batchmean") * t * t
-
-
 def nested_backward(family, archs, batch, config: SortedNetConfig, teacher: torch.nn.Module | None = None,
-                    loss_fn: Callable = F.cross_entropy) -> list[float]:
-    """Accumulate the gradients of ``archs`` on ``batch = (x, y)``, each loss divided by their
-    number; returns the losses. With ``distill='inplace'`` the first arch (the largest) teaches the rest."""
+                    task: Task | None = None) -> list[float]:
+    """Accumulate the gradients of ``archs`` on ``batch``, each loss divided by their number;
+    returns the losses. With ``distill='inplace'`` the first arch (the largest) teaches the rest;
+    a student's loss is ``(1 - a) * task loss + a * task.distill(student, teacher, T)``."""
     if config.distill == "teacher" and teacher is None:
         raise ValueError(f"{type(config).__name__}.distill='teacher' needs a teacher module passed to step()")
-    x, y = batch
+    task = task or ClassificationTask()
+    inputs = task.inputs(batch)
     soft = None
     if config.distill == "teacher":
         with torch.no_grad():
-            soft = teacher(x)
+            soft = first_output(teacher(*inputs))
     losses = []
     for arch in archs:
         with family.activate(arch):
-            logits = family(x)
-        loss = loss_fn(logits, y)
+            logits = first_output(family(*inputs))
+        loss = task.loss(logits, batch)
         if soft is not None and config.distill_weight > 0:
-            kd = distillation_loss(logits, soft, config.temperature)
+            kd = task.distill(logits, soft, config.temperature)
             loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
         (loss / len(archs)).backward()
         losses.append(loss.item())
@@ -70,8 +65,11 @@ def nested_backward(family, archs, batch, config: SortedNetConfig, teacher: torc
     return losses
 
 
+@register_recipe
 @dataclass
-class SortedNetRecipe:
+class SortedNetRecipe(Recipe):
+    name = "sortednet"
+    config_type = SortedNetConfig
     config: SortedNetConfig = field(default_factory=SortedNetConfig)
     sampler: SandwichSampler = field(default_factory=SandwichSampler)
 
@@ -79,11 +77,12 @@ class SortedNetRecipe:
         self.rng = random.Random(self.config.seed)
 
     def describe(self) -> dict:
-        return {"recipe": "sortednet", "config": asdict(self.config), "sampler": asdict(self.sampler)}
+        return {"recipe": self.name, "config": asdict(self.config), "sampler": asdict(self.sampler)}
 
-    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
-        """One optimizer step over the sampled sub-models of ``family`` on ``batch = (x, y)``."""
+    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
+             task: Task | None = None) -> dict:
+        """One optimizer step over the sampled sub-models of ``family`` on ``batch``."""
         optimizer.zero_grad(set_to_none=True)
-        losses = nested_backward(family, self.sampler(family.space, self.rng), batch, self.config, teacher)
+        losses = nested_backward(family, self.sampler(family.space, self.rng), batch, self.config, teacher, task)
         optimizer.step()
         return {"loss_largest": losses[0], "loss_mean": sum(losses) / len(losses)}

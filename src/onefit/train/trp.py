@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
 from onefit.elastic.lowrank import svd_factors
+from onefit.tasks import ClassificationTask, Task, first_output
 from onefit.train.ordered_rank import factorized_layers, require_ranks, restrict_rank_
+from onefit.train.recipe import Recipe, register_recipe
 
 
 @dataclass(frozen=True)
@@ -61,12 +60,14 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     return min(int((share < energy - 1e-9).sum()) + 1, len(singular_values))
 
 
+@register_recipe
 @dataclass
-class TRPRecipe:
+class TRPRecipe(Recipe):
     """Trained Rank Pruning as a onefit recipe: ``onefit.train(family, data, TRPRecipe(), ...)``."""
 
+    name = "trp"
+    config_type = TRPConfig
     config: TRPConfig = field(default_factory=TRPConfig)
-    loss: Callable | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)  # the loop checkpoints it; TRP itself draws nothing
@@ -74,7 +75,7 @@ class TRPRecipe:
         self.ranks: dict[str, int] = {}  # rank dimension -> its cap after the last truncation
 
     def describe(self) -> dict:
-        return {"recipe": "trp", "config": asdict(self.config), "ranks": dict(self.ranks)}
+        return {"recipe": self.name, "config": asdict(self.config), "ranks": dict(self.ranks)}
 
     def state_dict(self) -> dict:
         """What a resumed run needs besides ``rng`` (the loop saves both with its checkpoints)."""
@@ -83,13 +84,14 @@ class TRPRecipe:
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.ranks = int(state["steps"]), dict(state["ranks"])
 
-    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None) -> dict:
+    def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
+             task: Task | None = None) -> dict:
         """One optimizer step of the largest sub-model with the nuclear-norm term; truncate every ``period``."""
         require_ranks(family, self)
-        x, y = batch
+        task = task or ClassificationTask()
         optimizer.zero_grad(set_to_none=True)
         with family.activate(family.space.max()):
-            loss = (self.loss or F.cross_entropy)(family(x), y)
+            loss = task.loss(first_output(family(*task.inputs(batch))), batch)
         total = loss + self.config.nuclear * nuclear_subgradient_term(family) if self.config.nuclear else loss
         total.backward()
         optimizer.step()

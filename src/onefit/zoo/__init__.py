@@ -12,6 +12,7 @@ without passing the model:
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect as _inspect
 import json
 from typing import Callable
@@ -35,7 +36,8 @@ def _recorded(name: str, factory: Callable) -> Callable:
             recorded = json.loads(json.dumps(bound))
         except TypeError:  # an argument JSON cannot hold: the model cannot be rebuilt from a file
             return model
-        object.__setattr__(model, SOURCE_ATTR, {"factory": f"onefit.zoo:{name}", "kwargs": recorded})
+        object.__setattr__(model, SOURCE_ATTR, {"factory": f"onefit.zoo:{name}", "kwargs": recorded,
+                                               "structure": structure(model)})
         return model
 
     return build_recorded
@@ -51,9 +53,19 @@ plain_cnn, resnet, sequence_encoder, temporal_cnn, vit = (
     MODELS[n] for n in ("plain_cnn", "resnet", "sequence_encoder", "temporal_cnn", "vit"))
 
 
+def structure(model: nn.Module) -> str:
+    """A fingerprint of ``model``'s modules (types, sizes, options): it changes when a layer is
+    swapped or resized after the factory built the model."""
+    return hashlib.sha256(repr(model).encode()).hexdigest()[:16]
+
+
 def source(model: nn.Module) -> dict | None:
-    """How to rebuild ``model`` when a zoo factory built it, else None."""
-    return getattr(model, SOURCE_ATTR, None)
+    """How to rebuild ``model`` when a zoo factory built it and it is still what the factory
+    built, else None."""
+    recorded = getattr(model, SOURCE_ATTR, None)
+    if recorded is None or recorded.get("structure") != structure(model):
+        return None
+    return {"factory": recorded["factory"], "kwargs": recorded["kwargs"]}
 
 
 def build(name: str, **kwargs):

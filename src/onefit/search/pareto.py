@@ -1,6 +1,6 @@
 """The Pareto front of a search: its hypervolume, picking one arch under constraints, JSON/CSV.
 
->>> from onefit.nas.problem import toy_problem
+>>> from onefit.search.problem import toy_problem
 >>> problem = toy_problem()
 >>> front = Front([problem.evaluate({"a": a, "b": 3, "c": 8}) for a in (1, 2, 4)], problem.objectives)
 >>> [t.arch["a"] for t in front]
@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from onefit.nas.base import Trial
+from onefit.search.base import Trial
 
 
 class Front:
@@ -110,9 +110,3 @@ class Front:
         from onefit.checkpoint import atomic_write
 
         atomic_write(Path(path), self.to_csv().encode())
-
-    def plot(self, directory) -> list:
-        """One PNG per pair of objectives in ``directory``: every evaluated arch, the front on top."""
-        from onefit.report.plots import plot_front
-
-        return plot_front(self, directory)

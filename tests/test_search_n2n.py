@@ -8,9 +8,9 @@ import statistics
 import pytest
 import torch
 
-from onefit.nas.base import Trial
-from onefit.nas.n2n import N2NSearch
-from onefit.nas.problem import Metric, Problem, toy_problem
+from onefit.search.base import Trial
+from onefit.search.n2n import N2NSearch
+from onefit.search.problem import Metric, Problem, toy_problem
 from onefit.space import Dimension, Space
 
 

@@ -8,8 +8,8 @@ import torch
 import onefit
 from onefit.cost.latency_model import LatencyModel
 from onefit.data import digits, validation_split
-from onefit.nas import family_problem, search
-from onefit.nas.base import Searcher
+from onefit.search import family_problem, search
+from onefit.search.base import Searcher
 from onefit.space import Dimension, Space
 
 
@@ -115,7 +115,7 @@ def test_a_subspace_without_the_largest_widths_still_dedupes(trained):
 
 @pytest.mark.parametrize("name", ["random", "nsga2", "linas", "n2n"])
 def test_searchers_do_not_propose_a_sub_model_twice(trained, name):
-    from onefit.nas import SEARCHERS
+    from onefit.search import SEARCHERS
 
     family, train_data, val = trained
     problem = family_problem(family, val, calibration=train_data, bn_batches=1)

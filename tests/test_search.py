@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from onefit.nas import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
+from onefit.report.plots import plot_front
+from onefit.search import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
                            StudyError, search)
-from onefit.nas.linas import PREDICTORS
-from onefit.nas.problem import toy_problem
+from onefit.search.predictor import PREDICTORS
+from onefit.search.problem import toy_problem
 from onefit.space import Dimension, Space
 
 
@@ -101,7 +102,7 @@ def test_front_json_csv_and_plots(tmp_path):
     assert data["evaluated"] == 20 and len(data["front"]) == len(front)
     rows = (tmp_path / "front.csv").read_text().splitlines()
     assert rows[0].startswith("loss,size,seconds,a,b,c") and len(rows) == len(front) + 1
-    paths = front.plot(tmp_path / "plots")
+    paths = plot_front(front, tmp_path / "plots")
     assert [p.name for p in paths] == ["front_loss_size.png"] and paths[0].stat().st_size > 1000
 
 
@@ -119,7 +120,7 @@ def test_a_study_continues_where_it_stopped_and_refuses_another_problem(tmp_path
 
 
 def test_a_storage_that_cannot_be_opened():
-    with pytest.raises(StudyError, match="'nosuchdb://x' looks like a URL but is not a database URL"):
+    with pytest.raises(StudyError, match="cannot open the study storage 'nosuchdb://x'"):
         search(toy_problem(), RandomSearch(), budget=5, storage="nosuchdb://x", progress=False)
     with pytest.raises(StudyError, match="cannot open the study storage 'sqlite:////no/such/folder/s.db'"):
         search(toy_problem(), RandomSearch(), budget=5, storage="sqlite:////no/such/folder/s.db", progress=False)
@@ -127,9 +128,9 @@ def test_a_storage_that_cannot_be_opened():
 
 SLOW_SEARCH = """
 import sys, time
-from onefit.nas import search, Problem, PredictorSearch
-from onefit.nas.linas import PREDICTORS
-from onefit.nas.problem import toy_problem
+from onefit.search import search, Problem, PredictorSearch
+from onefit.search.predictor import PREDICTORS
+from onefit.search.problem import toy_problem
 from onefit.space import Space, Dimension
 
 log = open(sys.argv[2], "a")
@@ -159,7 +160,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path):
     assert 15 <= len(before) < 40, "the search should have been killed midway"
 
     problem_space = Space([Dimension(f"d{i}", "width", (1, 2, 3, 4)) for i in range(5)])
-    from onefit.nas.study import Study
+    from onefit.search.study import Study
 
     probe = Problem(problem_space, {"error": lambda a: 0.0, "size": Metric(lambda a: float(sum(a.values())), True)},
                     ("error", "size"))
@@ -209,11 +210,13 @@ def test_the_front_table_shows_only_what_was_measured():
 
 def test_a_storage_url_with_a_scheme_typo_is_refused_not_made_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for typo in ("postgresql:/host/db", "postgres:host/db", "sqlite:study.db", "postgersql://host/db"):
-        with pytest.raises(StudyError, match="not a database URL"):
+    for typo in ("postgresql:/host/db", "postgres:host/db", "sqlite:study.db"):
+        with pytest.raises(StudyError, match="looks like a URL but is not one"):
             search(toy_problem(), RandomSearch(), budget=2, storage=typo, progress=False)
+    with pytest.raises(StudyError, match="cannot open the study storage 'postgersql://host/db'"):
+        search(toy_problem(), RandomSearch(), budget=2, storage="postgersql://host/db", progress=False)
     assert not list(tmp_path.iterdir()), "a typo of a URL left files behind"
-    from onefit.nas.study import storage_url
+    from onefit.search.study import storage_url
 
     assert storage_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"
     assert storage_url(tmp_path / "a:b.db").endswith("a:b.db")  # a Path is a path, colon or not
@@ -221,8 +224,8 @@ def test_a_storage_url_with_a_scheme_typo_is_refused_not_made_a_file(tmp_path, m
 
 RACE = """
 import sys, time
-from onefit.nas.problem import toy_problem
-from onefit.nas.study import Study
+from onefit.search.problem import toy_problem
+from onefit.search.study import Study
 
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))

@@ -9,10 +9,10 @@ import moocore
 import numpy as np
 import pytest
 
-from onefit.nas.base import Trial
-from onefit.nas.problem import Metric, Problem, toy_problem
-from onefit.nas.random_search import RandomSearch
-from onefit.nas.tree import TreeSearch
+from onefit.search.base import Trial
+from onefit.search.problem import Metric, Problem, toy_problem
+from onefit.search.random_search import RandomSearch
+from onefit.search.mcts import TreeSearch
 from onefit.space import Dimension, Space
 
 

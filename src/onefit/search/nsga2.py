@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from onefit.nas.base import Searcher, Trial
+from onefit.search.base import Searcher, Trial
 from onefit.space import Arch, Space
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from onefit.cost.latency import torch_threads
-from onefit.nas.base import Searcher, Trial, failed_values
+from onefit.search.base import Searcher, Trial, failed_values
 from onefit.space import KINDS, Arch, Space
 
 _EPS = 1e-12

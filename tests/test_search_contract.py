@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from onefit.nas import SEARCHERS, Trial
-from onefit.nas.problem import Metric, Problem
+from onefit.search import SEARCHERS, Trial
+from onefit.search.problem import Metric, Problem
 from onefit.space import Dimension, Space
 
 

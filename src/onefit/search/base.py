@@ -5,8 +5,8 @@ to a problem; then ``ask()`` proposes an arch and ``tell(trial)`` reports what i
 order and from anywhere (a user with a cluster can evaluate asks elsewhere and tell them later).
 Searchers never evaluate anything themselves, and never see each other.
 
->>> from onefit.nas.problem import toy_problem
->>> from onefit.nas.random_search import RandomSearch
+>>> from onefit.search.problem import toy_problem
+>>> from onefit.search.random_search import RandomSearch
 >>> problem = toy_problem()
 >>> searcher = RandomSearch(seed=0)
 >>> searcher.setup(problem)
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from onefit.space import Arch, Space
 
 if TYPE_CHECKING:
-    from onefit.nas.problem import Problem
+    from onefit.search.problem import Problem
 
 
 @dataclass(frozen=True)

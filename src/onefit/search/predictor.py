@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from onefit.nas.base import Trial
-from onefit.nas.nsga2 import NSGA2Search, make_offspring, survival_order, to_arch, to_index
+from onefit.search.base import Trial
+from onefit.search.nsga2 import NSGA2Search, make_offspring, survival_order, to_arch, to_index
 from onefit.space import Arch
 
 PREDICTORS = ("ridge", "forest", "mlp")

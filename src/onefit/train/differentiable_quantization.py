@@ -1,9 +1,9 @@
-"""Training the learned quantization points of ``onefit.elastic.diffquant`` (Polino et al. 2018,
+"""Training the learned quantization points of ``onefit.elastic.learned_points`` (Polino et al. 2018,
 section 4, Algorithm 2): the loss of the quantized model, distilled from a full-precision teacher
 when one is given, back-propagated to the points; the points sorted again after every step.
 
-``learn_points`` is the visible loop around ``DifferentiableQuantizationRecipe.step``; it works on a
-plain module (an extracted sub-model), so the result is baked by ``onefit.elastic.diffquant.bake_``.
+``learn_points`` is ``onefit.train`` over ``DifferentiableQuantizationRecipe``; it works on a
+plain module (an extracted sub-model), so the result is baked by ``onefit.elastic.learned_points.bake_``.
 
 >>> import torch
 >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -15,18 +15,17 @@ True
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import random
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from onefit.elastic.diffquant import differentiable_quantize_, point_parameters, sort_points_
+from onefit.elastic.learned_points import differentiable_quantize_, point_parameters, sort_points_
 from onefit.elastic.quant import FULL, check_bits
-from onefit.progress import progress_bar
-from onefit.train.loop import set_cosine_lr
-from onefit.train.sorted import distillation_loss
+from onefit.tasks import ClassificationTask, Task, first_output
+from onefit.train.recipe import Recipe, register_recipe
 
 
 @dataclass(frozen=True)
@@ -47,12 +46,24 @@ class DifferentiableQuantizationConfig:
                              f"distill_weight in [0, 1]; got {self.lr}, {self.temperature}, {self.distill_weight}")
 
 
+@register_recipe
 @dataclass
-class DifferentiableQuantizationRecipe:
-    config: DifferentiableQuantizationConfig
+class DifferentiableQuantizationRecipe(Recipe):
+    """Learns quantization points of a plain module: ``train(module, data, recipe, epochs=...)``."""
 
-    def describe(self) -> dict:
-        return {"recipe": "differentiable_quantization", "config": asdict(self.config)}
+    name = "differentiable_quantization"
+    trains = "module"  # a plain module (an extracted sub-model), not a family
+    config_type = DifferentiableQuantizationConfig
+    config: DifferentiableQuantizationConfig = field(default_factory=DifferentiableQuantizationConfig)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(0)  # the loop checkpoints it; learning points draws nothing
+        # eval mode unless the weights learn too: batch norm keeps the statistics of the fixed weights
+        self.train_mode = self.config.train_weights
+
+    def prepare(self, module: nn.Module) -> torch.optim.Optimizer:
+        """The loop's default optimizer: attach the points first (``prepare_``)."""
+        return self.prepare_(module)
 
     def prepare_(self, module: nn.Module) -> torch.optim.Optimizer:
         """Attach points to ``module`` (in place) and return an optimizer over what learns: the
@@ -69,45 +80,34 @@ class DifferentiableQuantizationRecipe:
                 p.requires_grad_(False)
         return torch.optim.Adam(points, lr=cfg.lr)
 
-    def step(self, module: nn.Module, batch, optimizer: torch.optim.Optimizer, teacher: nn.Module | None = None) -> dict:
-        """One step on ``batch = (x, y)``: the quantized model's loss, its gradient on the points,
-        the update, then the points sorted again."""
+    def step(self, module: nn.Module, batch, optimizer: torch.optim.Optimizer, teacher: nn.Module | None = None,
+             task: Task | None = None) -> dict:
+        """One step: the quantized model's loss, its gradient on the points, the update, then the
+        points sorted again."""
         cfg = self.config
-        x, y = batch
+        task = task or ClassificationTask()
+        inputs = task.inputs(batch)
         optimizer.zero_grad(set_to_none=True)
-        logits = module(x)
-        loss = F.cross_entropy(logits, y)
+        logits = first_output(module(*inputs))
+        loss = task.loss(logits, batch)
         if teacher is not None and cfg.distill_weight > 0:
             with torch.no_grad():
-                soft = teacher(x)
-            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distillation_loss(logits, soft, cfg.temperature)
+                soft = first_output(teacher(*inputs))
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * task.distill(logits, soft, cfg.temperature)
         loss.backward()
         optimizer.step()
         sort_points_(module)
-        return {"loss": loss.item()}
+        return {"loss_largest": loss.item(), "loss_mean": loss.item()}
 
 
 def learn_points(module: nn.Module, data: Iterable, config: DifferentiableQuantizationConfig, *, epochs: int,
-                 teacher: nn.Module | None = None, progress: bool = True) -> nn.Module:
-    """Attach learned points to ``module`` and train them ``epochs`` passes over ``data`` (cosine
-    learning rate). Batch-norm statistics are left as they are (eval mode), since the weights
-    they normalise are fixed. Returns ``module`` with its points; ``bake_`` makes it plain."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    try:
-        n = len(data)  # the cosine schedule needs the number of steps
-    except TypeError:
-        raise ValueError(f"learn_points: data must have a length (a list or a DataLoader over a sized dataset) "
-                         f"to schedule the learning rate; got {type(data).__name__} without one") from None
-    recipe = DifferentiableQuantizationRecipe(config)
-    optimizer = recipe.prepare_(module)
-    # eval mode: batch norm uses its statistics rather than chasing each batch (the weights are fixed)
-    module.train(config.train_weights)
-    with progress_bar(progress) as bar:
-        task = bar.add_task("learning points", total=epochs * n)
-        for epoch in range(epochs):
-            for i, batch in enumerate(data):
-                set_cosine_lr(optimizer, epoch * n + i, epochs * n)
-                recipe.step(module, batch, optimizer, teacher=teacher)
-                bar.update(task, advance=1)
-    return module.eval()
+                 teacher: nn.Module | None = None, task: Task | None = None, progress: bool = True) -> nn.Module:
+    """Attach learned points to ``module`` and train them ``epochs`` passes over ``data`` with
+    ``onefit.train`` (cosine learning rate). Batch-norm statistics are left as they are (eval
+    mode), since the weights they normalise are fixed. Returns ``module`` with its points;
+    ``bake_`` makes it plain."""
+    from onefit.train.loop import train
+
+    train(module, data, DifferentiableQuantizationRecipe(config), epochs=epochs, teacher=teacher, task=task,
+          progress=progress)
+    return module

@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from onefit.nas.base import Searcher, Trial, failed_values
+from onefit.search.base import Searcher, Trial, failed_values
 from onefit.space import Arch
 
 

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from onefit.nas.base import Trial, failed_values
+from onefit.search.base import Trial, failed_values
 from onefit.space import Arch, Dimension, Space
 
 
@@ -29,6 +29,10 @@ class Metric:
 
     fn: Callable[[Arch], float]
     cheap: bool = False
+
+
+class ProblemError(ValueError):
+    """Objectives or constraints a problem cannot have: an unknown metric, a bound nothing meets."""
 
 
 class Problem:
@@ -49,9 +53,9 @@ class Problem:
         self.constraints = dict(constraints or {})
         unknown = [n for n in (*self.objectives, *self.constraints) if n not in self.metrics]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; this problem has {sorted(self.metrics)}")
+            raise ProblemError(f"unknown metric(s) {unknown}; this problem has {sorted(self.metrics)}")
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
-            raise ValueError(f"objectives must be distinct metric names, at least one; got {list(objectives)}")
+            raise ProblemError(f"objectives must be distinct metric names, at least one; got {list(objectives)}")
         self._check_satisfiable()
 
     def _check_satisfiable(self) -> None:
@@ -60,7 +64,7 @@ class Problem:
         smallest = self.space.min()
         for name, bound in self.constraints.items():
             if self.metrics[name].cheap and (least := self.metrics[name].fn(smallest)) > bound:
-                raise ValueError(f"no sub-model satisfies the constraint {name} <= {bound:g}: the smallest "
+                raise ProblemError(f"no sub-model satisfies the constraint {name} <= {bound:g}: the smallest "
                                  f"arch already has {name} = {least:g}")
 
     @property

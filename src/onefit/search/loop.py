@@ -1,4 +1,4 @@
-"""``onefit.nas``: the visible ask / evaluate / record / tell loop."""
+"""``onefit.search``: the visible ask / evaluate / record / tell loop."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import warnings
 from pathlib import Path
 
 from onefit.progress import progress_bar
-from onefit.nas.base import Searcher
-from onefit.nas.pareto import Front
-from onefit.nas.problem import Problem
-from onefit.nas.study import MemoryStudy, Study
+from onefit.search.base import Searcher
+from onefit.search.pareto import Front
+from onefit.search.problem import Problem
+from onefit.search.study import MemoryStudy, Study
 
 
 class SearchError(RuntimeError):
@@ -27,8 +27,8 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
     searcher, not evaluated again, and count towards ``budget``. ``searcher`` is copied, so the
     object passed in stays a reusable config.
 
-    >>> from onefit.nas.problem import toy_problem
-    >>> from onefit.nas.nsga2 import NSGA2Search
+    >>> from onefit.search.problem import toy_problem
+    >>> from onefit.search.nsga2 import NSGA2Search
     >>> front = search(toy_problem(), NSGA2Search(seed=0), budget=30, progress=False)
     >>> len(front.evaluated), front.best(size=8).arch
     (30, {'a': 4, 'b': 2, 'c': 8})

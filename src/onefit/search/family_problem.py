@@ -1,8 +1,9 @@
 """The standard problem over a trained family: error on validation data and the family's costs.
 
 Metrics:
-- ``error``: 1 - top-1 accuracy of the extracted sub-model on ``data``, after re-estimating its
-  batch-norm statistics on ``calibration`` (each sub-model needs its own; BigNAS, OFA);
+- ``error``: the task's metric of the extracted sub-model on ``data`` as a number to minimise
+  (1 - top-1 accuracy for classification), after re-estimating its batch-norm statistics on
+  ``calibration`` (each sub-model needs its own; BigNAS, OFA);
 - ``params``, ``macs``, ``weight_bytes`` (at the arch's bit-widths where the family has them),
   ``activation_bytes``: counts, cheap;
 - ``latency_ms``: a ``LatencyModel``'s prediction (cheap), when one is given or saved with the
@@ -19,24 +20,27 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from onefit.cost.counts import costs
-from onefit.nas.problem import Metric, Problem
+from onefit.search.problem import Metric, Problem
 from onefit.space import Arch, Space
+from onefit.tasks import ClassificationTask, Task, evaluate
 from onefit.train.bn import recalibrate_bn
-from onefit.train.loop import evaluate
 
 COUNTS = ("params", "macs", "weight_bytes", "activation_bytes")
 
 
 def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("error", "macs", "params"),
                    constraints: Mapping[str, float] | None = None, calibration: Iterable | None = None,
-                   bn_batches: int = 10, latency=None, space: Space | None = None) -> Problem:
+                   bn_batches: int = 10, latency=None, space: Space | None = None,
+                   task: Task | None = None) -> Problem:
     """A Problem over ``family.space`` (or ``space``, a part of it: the same dimensions with some
-    choices left out, e.g. bits fixed at 32); ``data`` yields validation ``(x, y)`` batches.
+    choices left out, e.g. bits fixed at 32); ``data`` yields validation batches of ``task``
+    (classification ``(x, y)`` pairs by default).
 
     ``latency``: a ``LatencyModel``, ``"measure"``, or None (the family's saved ONNX Runtime
     batch-1 model if it has one; otherwise no ``latency_ms`` metric).
     """
     space = _subspace(family.space, space)
+    task = task or ClassificationTask()
     # the same batches for every sub-model: re-estimation is then deterministic, and cheaper
     calibration = list(islice(calibration if calibration is not None else data, bn_batches))
 
@@ -50,8 +54,8 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     def error(arch: Arch) -> float:
         sub = family.extract(arch)
         if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in sub.modules()):
-            recalibrate_bn(sub, calibration, len(calibration))
-        return 1.0 - evaluate(sub, data) / 100.0
+            recalibrate_bn(sub, calibration, len(calibration), task)
+        return task.error(evaluate(sub, data, task))
 
     metrics = {"error": Metric(error), **{n: Metric(count(n), cheap=True) for n in COUNTS}}
     latency_metric = _latency(family, latency)

@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from onefit.nas.base import Trial
+from onefit.search.base import Trial
 
 PROBLEM_ATTR = "onefit:problem"
 
@@ -27,22 +27,19 @@ class StudyError(ValueError):
     """A study that cannot be opened, or that was made for another problem."""
 
 
-# Database URL schemes optuna's RDB storage (SQLAlchemy) takes, with or without a "+driver".
-SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")  # two letters or more: "C:" is a Windows drive
 
 
 def storage_url(storage: str | Path) -> str:
-    """A database URL as it is, or a path made a SQLite URL; anything else that starts with
-    ``scheme:`` is a typo of a URL, not a file name, and is refused."""
+    """A database URL (``scheme://...``) as it is, or a path made a SQLite URL; a ``scheme:``
+    prefix without ``//`` is a typo of a URL, not a file name, and is refused."""
     text = str(storage)
     scheme = _SCHEME.match(text) if not isinstance(storage, Path) else None
     if scheme:
-        name = scheme.group(1).lower().split("+")[0]
-        if name not in SCHEMES or not text[scheme.end():].startswith("//"):
-            raise StudyError(f"storage {text!r} looks like a URL but is not a database URL optuna can open: "
-                             f"expected {{{', '.join(SCHEMES)}}}[+driver]://..., e.g. "
-                             "postgresql://user@host/db or sqlite:///runs/study.db; or a file path")
+        if not text[scheme.end():].startswith("//"):
+            raise StudyError(f"storage {text!r} looks like a URL but is not one: a database URL is "
+                             "scheme://..., e.g. postgresql://user@host/db or sqlite:///runs/study.db; "
+                             "or give a file path")
         return text
     path = Path(text)
     if path.is_dir():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onefit.nas.base import Searcher, Trial
+from onefit.search.base import Searcher, Trial
 from onefit.space import Arch
 
 

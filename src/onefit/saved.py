@@ -1,0 +1,70 @@
+"""A family saved to a folder, loaded again: ``onefit.load`` and ``restore_``.
+
+Loading rebuilds the model (from the recorded zoo factory, or a model you pass), elasticizes it
+the same way, and checks the space, the hashes, every key and every shape (``onefit.checkpoint``
+reads and checks the folder itself).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from onefit.checkpoint import CheckpointError, build_from_source, example_inputs_of, read_manifest, read_tensors
+from onefit.config import ElasticConfig
+from onefit.cost.latency_model import LatencyModel
+from onefit.family import elasticize
+from onefit.space import Space
+
+
+def load(directory, model: nn.Module | None = None, *, trust_code: bool = False):
+    """Load a family saved with ``Family.save``. ``model`` is an untrained instance of the original
+    architecture; leave it out when the family records a zoo factory. A family that records any
+    other factory is rebuilt from it only with ``trust_code=True``, since that imports and runs it."""
+    manifest = read_manifest(directory)
+    model = model if model is not None else build_from_source(manifest.get("source"), trust_code)
+    try:
+        config = ElasticConfig(**manifest["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: the manifest's config is not an ElasticConfig: {err}") from err
+    return restore_(elasticize(model, example_inputs_of(manifest), config), directory)
+
+
+def restore_(family, directory):
+    """Load the weights, history and source saved in ``directory`` into ``family`` in place,
+    after checking that it has the saved space and exactly the saved tensors."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        saved = Space.from_json(manifest["space"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory}: the manifest's space is not a list of dimensions: {err}") from err
+    if family.space != saved and not _ranks_shrunk(family.space, saved):
+        raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
+    weights = read_tensors(directory, manifest["weights"])
+    expected = family.module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {wrong[:5]}"
+        )
+    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
+    family.module.load_state_dict(weights)
+    family.source, family.history = manifest.get("source"), manifest.get("history") or []
+    try:
+        family.latency_models = {k: LatencyModel.from_json(v) for k, v in (manifest.get("latency_models") or {}).items()}
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{directory}: a latency model in the manifest is damaged: {err}") from err
+    return family
+
+
+def _ranks_shrunk(rebuilt, saved) -> bool:
+    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped: their choices are the
+    rebuilt ones up to a cap (``onefit.train.ordered_rank.restrict_rank_``)."""
+    if rebuilt.names != saved.names:
+        return False
+    return all(a == b or (a.kind == b.kind == "rank" and b.choices == a.choices[: len(b.choices)])
+               for a, b in zip(rebuilt, saved))
