@@ -9,6 +9,19 @@ what keeps a folder from running code is that it can only name onefit's own fact
 A recorded factory is imported only when it is one of onefit's own (``onefit.zoo:NAME``) or the
 caller says ``trust_code=True``: opening a folder never runs code the folder names
 (``onefit.trust``). Rebuilding a family from a folder is ``onefit.saved.load``.
+
+>>> import json, tempfile, torch, onefit
+>>> folder = Path(tempfile.mkdtemp())
+>>> onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),)).save(folder)
+>>> manifest = json.loads((folder / MANIFEST).read_text())
+>>> manifest["version"], manifest["sha256"] == _manifest_digest(manifest)
+(2, True)
+>>> manifest["source"]["factory"] = "os:system"  # an edit the hash no longer matches
+>>> _ = (folder / MANIFEST).write_text(json.dumps(manifest))
+>>> read_manifest(folder)
+Traceback (most recent call last):
+...
+onefit.checkpoint.CheckpointError: ... content does not match its recorded sha256; the manifest was changed
 """
 
 from __future__ import annotations
@@ -99,6 +112,7 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
         "example_inputs": [{"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                            for x in family.example_inputs],
         "history": family.history,
+        "space_history": getattr(family, "space_history", []),
         "latency_models": {k: m.to_json() for k, m in family.latency_models.items()},
         "weights": _write_tensors(directory, "weights", family.module.state_dict()),
     }
@@ -123,7 +137,7 @@ def _manifest_digest(manifest: dict) -> str:
 
 # Entries every manifest has, and the JSON type each must be.
 _SHAPE = {"format": str, "version": int, "config": dict, "space": list, "example_inputs": list, "weights": dict}
-_OPTIONAL = {"source": dict, "history": list, "latency_models": dict, "optimizer": dict}  # None when absent
+_OPTIONAL = {"source": dict, "history": list, "space_history": list, "latency_models": dict, "optimizer": dict}  # None when absent
 
 
 def read_manifest(directory) -> dict:

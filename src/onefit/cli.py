@@ -159,19 +159,19 @@ def inspect_command(
         typer.echo(json.dumps(report.to_json(), indent=1))
         return
     table = Table(title=f"{model}: coverage")
-    with_bits = any(layer.bits for layer in report.layers)
-    for col in ("layer", "type", "params", "input width", "output width", "depth") + ("bits",) * with_bits:
+    extra = report.columns  # what the dimension kinds add: bits, rank, ...
+    for col in ("layer", "type", "params", "input width", "output width", "depth", *extra):
         table.add_column(col, justify="right" if col == "params" else "left", overflow="fold")
     for layer in report.layers:
         style = None if layer.elastic else "dim"
         table.add_row(layer.name, layer.type, f"{layer.params:,}", layer.width_in, layer.width_out, layer.depth,
-                      *(layer.bits,) * with_bits, style=style)
+                      *(layer.columns.get(col, "") for col in extra), style=style)
     console = Console()
     console.print(table)
     console.print(f"{report.space_size:,} sub-models over {len(report.dimensions)} dimensions, "
                   f"{report.params_min:,} to {report.params_max:,} params; "
                   f"{report.coverage:.1%} of parameters in elastic layers; the smallest drops {report.reducible:.1%}")
-    if with_bits:
+    if "bits" in extra:
         console.print(f"weights take {report.weight_bytes_min:,} to {report.weight_bytes_max:,} bytes")
 
 

@@ -147,14 +147,12 @@ class ElasticConfig:
             return None
         return tuple(sorted({max(1, round(f * full_rank)) for f in fractions} | {full_rank}))
 
-    def check_patterns(self, names: Sequence[str], quantizable: Sequence[str] = (),
-                       factorizable: Sequence[str] = ()) -> None:
-        """Raise if an override pattern matches none of ``names`` (a typo would silently do nothing);
-        ``bits_layers`` patterns must match one of the ``quantizable`` layers, ``rank_layers``
-        patterns one of the ``factorizable`` ones (Linear and convolution layers)."""
-        for field, pairs, layers in (("layers", self.layers, names), ("bits_layers", self.bits_layers, quantizable),
-                                     ("rank_layers", self.rank_layers, factorizable)):
-            for pattern, _ in pairs:
-                if not any(fnmatchcase(n, pattern) for n in layers):
-                    raise ValueError(f"ElasticConfig.{field}: pattern {pattern!r} matches no layer; layers are "
-                                     f"{list(layers)[:12]}{' ...' if len(layers) > 12 else ''}")
+    def check_patterns(self, field: str, pairs, names: Sequence[str]) -> None:
+        """Raise if a pattern of the override ``field`` (``pairs``) matches none of ``names``: a
+        typo would silently do nothing. Each dimension kind checks its own field against the
+        layers it can apply to (``layers``: every layer; ``bits_layers``: the quantizable ones;
+        ``rank_layers``: the factorizable ones)."""
+        for pattern, _ in pairs:
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"ElasticConfig.{field}: pattern {pattern!r} matches no layer; layers are "
+                                 f"{list(names)[:12]}{' ...' if len(names) > 12 else ''}")

@@ -23,19 +23,20 @@ import torch
 from torch import nn
 
 from onefit.config import ElasticConfig
+from onefit.dims import KINDS
 from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
-from onefit.elastic.lowrank import factorize_
-from onefit.elastic.quant import ActivationQuantizer, quantize_plain
-from onefit.elastic.registry import elastic_type_for
+from onefit.elastic.base import full_sizes
+from onefit.elastic.registry import elastic_type_for, replace_module
 from onefit.graph import Plan, analyze
-from onefit.space import Arch, Dimension, Space
-
-QUANTIZABLE = ("linear", "conv", "conv_pass")  # attention (mha) keeps full-precision weights
-FACTORIZABLE = ("linear", "conv", "conv_pass")  # what rank_layers may name (grouped convs stay dense: rank_notes)
+from onefit.space import Arch, Space
 
 
 class Family(nn.Module):
-    """An elastic network: ``module`` holds the largest weights, ``space`` names its sub-models."""
+    """An elastic network: ``module`` holds the largest weights, ``space`` names its sub-models.
+
+    The dimensions come from the registered kinds (``onefit.dims``): each builds its own, sets
+    what an arch needs on the modules, names what an arch leaves idle, extracts and costs itself.
+    """
 
     def __init__(self, module: nn.Module, plan: Plan, config: ElasticConfig, example_inputs: tuple):
         super().__init__()
@@ -46,37 +47,39 @@ class Family(nn.Module):
         self.example_inputs = example_inputs
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
+        self.space_history: list[dict] = []  # every restriction of the space (restrict_), saved with it
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
-        # Layers factorized as U V with a ``rank:<layer name>`` dimension; the others a rank setting
-        # names stay dense, and ``rank_notes`` says why (onefit.inspect shows it). Factorized layers
-        # keep full precision: they have no bits dimension.
-        self.factorized, self.rank_notes = factorize_(module, plan, config)
-        # Layers that can take a bits dimension: ``bits:<layer name>``.
-        self.quantizable = [layer.name for layer in plan.layers.values() if layer.kind in QUANTIZABLE
-                            and hasattr(module.get_submodule(layer.name), "active_bits")]
-        config.check_patterns(list(plan.layers), self.quantizable,
-                              [layer.name for layer in plan.layers.values() if layer.kind in FACTORIZABLE])
-        dims = [
-            Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
-            for g in plan.groups.values()
-            if g.elastic
-        ]
-        dims += [Dimension(s.dim_name, "depth", config.depth_choices(s.min_depth, s.blocks)) for s in plan.stages]
-        dims += [Dimension(f"bits:{name}", "bits", config.bits_choices(name)) for name in self.quantizable]
-        dims += [Dimension(f"rank:{n}", "rank", module.get_submodule(n).rank_choices) for n in self.factorized]
+        self.quantizable: list[str] = []  # layers that can take a bits dimension (the bits kind sets them)
+        self.factorized: list[str] = []  # layers factorized as U V for a rank dimension (the rank kind)
+        self.rank_notes: dict[str, str] = {}  # layers a rank setting names that stay dense, and why
+        self.kinds = [kind() for kind in KINDS.values()]
+        for kind in self.kinds:
+            kind.setup_(self)
+        dims = [d for kind in self.kinds for d in kind.dimensions(self)]
         self.space = Space([d for d in dims if len(d.choices) > 1])
-        if config.activation_bits is not None:
-            self._add_input_quantizers(config.activation_bits)
-
-    def _add_input_quantizers(self, bits: int) -> None:
-        """Give every layer with a bits dimension an input quantizer (its range is a saved buffer)."""
-        for name in self.quantizable:
-            if f"bits:{name}" in self.space.names:
-                layer = self.module.get_submodule(name)
-                layer.input_quant = ActivationQuantizer(bits, name).to(layer.weight.device)
+        for kind in self.kinds:
+            kind.finish_(self)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.module(*args, **kwargs)
+
+    def kind(self, name: str):
+        """The handler of the dimension kind ``name`` (``onefit.dims``)."""
+        for kind in self.kinds:
+            if name in kind.names:
+                return kind
+        raise KeyError(f"no dimension kind {name!r}; registered: {[k.names for k in self.kinds]}")
+
+    def restrict_(self, space: Space, by: str) -> None:
+        """Give the family a smaller space (some choices dropped: progressive shrinking of ranks,
+        say). Spaces are immutable: this replaces the space, after checking it is the current one
+        with choices left out, and records the change in ``space_history`` (saved with the family)."""
+        if not is_restriction(space, self.space):
+            raise ValueError(f"restrict_: {space} is not {self.space} with choices left out")
+        changed = {d.name: list(d.choices) for d in space if d.choices != self.space[d.name].choices}
+        if changed:
+            self.space = space
+            self.space_history.append({"by": by, "choices": changed})
 
     # -- which sub-model runs ------------------------------------------------------------------
     def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:
@@ -88,28 +91,17 @@ class Family(nn.Module):
         return {s.name: arch.get(s.dim_name, s.blocks) for s in self.plan.stages}
 
     def ranks(self, arch: Mapping[str, Any]) -> dict[str, int]:
-        """Rank of every factorized layer with a rank dimension in ``arch``."""
-        return {name: arch[f"rank:{name}"] for name in self.factorized if f"rank:{name}" in arch}
+        """Rank of every factorized layer with a rank dimension in ``arch`` (the rank kind's values)."""
+        return self.kind("rank").values(self, arch)
 
     def bits(self, arch: Mapping[str, Any]) -> dict[str, int]:
         """Weight bit-width of every layer with a bits dimension in ``arch``; the others run at 32.
         Layers in blocks that ``arch`` skips are left out: they are not in the sub-model."""
-        skipped = self.skipped(self.space.complete(arch)) if self.plan.stages else ()
-        return {name: arch[f"bits:{name}"] for name in self.quantizable
-                if f"bits:{name}" in arch and not f"{name}.".startswith(skipped)}
+        return self.kind("bits").values(self, arch)
 
     def _assignments(self, arch: Arch) -> list[tuple[nn.Module, str, Any]]:
         """(module, attribute, value) settings that make the family compute ``arch``."""
-        widths, depths = self.widths(arch), self.depths(arch)
-        settings = [(self.module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
-                    for layer in self.plan.layers.values() if layer.kind in ("linear", "conv", "mha")]
-        settings += [(self.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in self.plan.stages]
-        settings += [(self.module.get_submodule(m), attr, widths[g]) for m, attr, g in self.plan.bindings]
-        settings += [(self.module.get_submodule(layer.name), "in_index", self.input_index(layer, widths))
-                     for layer in self.plan.layers.values() if layer.in_segments]
-        settings += [(self.module.get_submodule(name), "active_bits", b) for name, b in self.bits(arch).items()]
-        settings += [(self.module.get_submodule(name), "active_rank", r) for name, r in self.ranks(arch).items()]
-        return settings
+        return [setting for kind in self.kinds for setting in kind.settings(self, arch)]
 
     @staticmethod
     def input_index(layer, widths: dict[int, int]):
@@ -141,20 +133,14 @@ class Family(nn.Module):
     def idle(self, arch: Mapping[str, Any]) -> set[str]:
         """Dimensions that cannot change the sub-model ``arch``: the widths, bits and ranks (and
         nested depths) of layers that lie only in blocks ``arch`` skips."""
-        skipped = self.skipped(arch) if self.plan.stages else ()
+        skipped = self.skipped(arch)
         if not skipped:
             return set()
 
         def gone(name: str) -> bool:
             return f"{name}.".startswith(skipped)
 
-        live = {g for layer in self.plan.layers.values() if not gone(layer.name)
-                for g in (layer.in_group, layer.out_group, *(g for g, _ in layer.in_segments))}
-        live |= {g for module, _, g in self.plan.bindings if not gone(module)}
-        return ({g.name for gid, g in self.plan.groups.items() if gid not in live}
-                | {f"bits:{n}" for n in self.quantizable if gone(n)}
-                | {f"rank:{n}" for n in self.factorized if gone(n)}
-                | {s.dim_name for s in self.plan.stages if gone(s.name)}) & set(self.space.names)
+        return {d for kind in self.kinds for d in kind.idle(self, arch, gone)} & set(self.space.names)
 
     def canonical(self, arch: Mapping[str, Any]) -> Arch:
         """``arch`` with its idle dimensions at their largest value: two archs with the same
@@ -170,7 +156,7 @@ class Family(nn.Module):
         sizes = {}
         for layer in self.plan.layers.values():
             module = self.module.get_submodule(layer.name)
-            full_in, full_out = _full_sizes(module)
+            full_in, full_out = full_sizes(module)
             n_in = full_in if layer.in_group is None else widths[layer.in_group] * layer.in_unit
             n_out = full_out if layer.out_group is None else widths[layer.out_group] * layer.segments
             if layer.in_segments:
@@ -181,8 +167,8 @@ class Family(nn.Module):
 
     def skipped(self, arch: Mapping[str, Any]) -> tuple[str, ...]:
         """Name prefixes of the blocks ``arch`` skips: ``name.startswith(family.skipped(arch))``."""
-        depths = self.depths(self.space.complete(arch))
-        return tuple(f"{s.name}.{i}." for s in self.plan.stages for i in range(depths[s.name], s.blocks))
+        arch = self.space.complete(arch)
+        return tuple(p for kind in self.kinds for p in kind.skipped(self, arch))
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         """A plain ``nn.Module`` for ``arch`` with physically smaller tensors; it needs no onefit.
@@ -191,20 +177,22 @@ class Family(nn.Module):
         """
         arch = self.space.complete(arch)
         sub, skipped = copy.deepcopy(self.module), self.skipped(arch)
-        widths, bits = self.widths(arch), self.bits(arch)
-        for name, rank in self.ranks(arch).items():  # on the copy: its factorized layers extract at the arch's rank
-            sub.get_submodule(name).active_rank = rank
+        widths = self.widths(arch)
+        for kind in self.kinds:
+            kind.before_extract_(self, sub, arch)
         for name, (n_in, n_out) in self.layer_sizes(arch).items():
             layer, plan = sub.get_submodule(name), self.plan.layers[name]
             if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
                 index = self.input_index(plan, widths) if plan.in_segments else None
                 plain = layer.to_plain(n_in, n_out) if index is None else layer.to_plain(n_in, n_out, in_index=index)
-                _replace(sub, name, quantize_plain(plain, layer, bits[name]) if name in bits else plain)
+                for kind in self.kinds:
+                    plain = kind.extract_layer(self, name, plain, arch)
+                replace_module(sub, name, plain)
         for module, attr, group in self.plan.bindings:
             if not f"{module}.".startswith(skipped):
                 setattr(sub.get_submodule(module), attr, widths[group])
-        for stage in sorted(self.plan.stages, key=lambda s: -s.name.count(".")):
-            _replace(sub, stage.name, sub.get_submodule(stage.name).to_plain(self.depths(arch)[stage.name]))
+        for kind in self.kinds:
+            kind.after_extract_(self, sub, arch)
         return sub  # each module keeps its own train/eval mode
 
     # -- persistence ---------------------------------------------------------------------------
@@ -218,27 +206,10 @@ class Family(nn.Module):
         return {"config": asdict(self.config), "space": self.space.to_json(), "source": self.source}
 
 
-def _full_sizes(module: nn.Module) -> tuple[int, int]:
-    if hasattr(module, "in_features"):
-        return module.in_features, module.out_features
-    if hasattr(module, "in_channels"):
-        return module.in_channels, module.out_channels
-    if hasattr(module, "num_features"):
-        return module.num_features, module.num_features
-    if hasattr(module, "normalized_shape"):
-        return module.normalized_shape[-1], module.normalized_shape[-1]
-    if hasattr(module, "nx"):  # transformers' Conv1D
-        return module.nx, module.nf
-    if hasattr(module, "embed_dim"):  # attention: the embedding width in, the heads' width out
-        return module.embed_dim, module.embed_dim
-    return 0, 0
-
-
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the module called ``name``, in the train/eval mode of the one it replaces."""
-    parent, _, child = name.rpartition(".")
-    new.training = root.get_submodule(name).training  # its own flag only; children keep theirs
-    setattr(root.get_submodule(parent) if parent else root, child, new)
+def is_restriction(smaller: Space, larger: Space) -> bool:
+    """Whether ``smaller`` is ``larger`` with some choices left out (same dimensions and kinds)."""
+    return smaller.names == larger.names and all(
+        a.kind == b.kind and set(a.choices) <= set(b.choices) for a, b in zip(smaller, larger))
 
 
 def elasticize(
@@ -266,11 +237,11 @@ def elasticize(
                 elastic.segments = layer.segments
             if layer.options:
                 elastic.call_options = layer.options
-            _replace(module, layer.name, elastic)
+            replace_module(module, layer.name, elastic)
     for stage in plan.stages:
         plain = module.get_submodule(stage.name)
         elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential
-        _replace(module, stage.name, elastic.from_plain(plain))
+        replace_module(module, stage.name, elastic.from_plain(plain))
     family = Family(module, plan, config, tuple(example_inputs))
     from onefit.zoo import source
 

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
@@ -29,8 +29,16 @@ class LayerCoverage:
     width_out: str
     depth: str  # the depth dimension it can be skipped by, or ""
     elastic: bool
-    bits: str = ""  # its bits dimension and choices, e.g. "bits:fc1 (4, 8, 32)", or ""
-    rank: str = ""  # its rank dimension and choices, e.g. "rank:fc1 (16, 32, 64)", why it stays dense, or ""
+    # what the dimension kinds say of it, e.g. {"bits": "bits:fc1 (4, 8, 32)", "rank": "why it stays dense"}
+    columns: dict = field(default_factory=dict)
+
+    @property
+    def bits(self) -> str:
+        return self.columns.get("bits", "")
+
+    @property
+    def rank(self) -> str:
+        return self.columns.get("rank", "")
 
 
 @dataclass
@@ -54,19 +62,27 @@ class Coverage:
         """Share of the largest sub-model's parameters that the smallest one drops."""
         return 1 - self.params_min / max(self.params_max, 1)
 
+    @property
+    def columns(self) -> list[str]:
+        """The kinds' columns some layer fills (bits only when bits are configured, and so on)."""
+        return list(dict.fromkeys(col for layer in self.layers for col, text in layer.columns.items() if text))
+
     def to_json(self) -> dict:
-        return {**asdict(self), "coverage": self.coverage, "reducible": self.reducible}
+        data = {**asdict(self), "coverage": self.coverage, "reducible": self.reducible}
+        for row, layer in zip(data["layers"], self.layers):
+            row.update(row.pop("columns"))  # {"bits": ..., "rank": ...} beside the other fields
+            row.update({col: layer.columns.get(col, "") for col in self.columns})
+        return data
 
     def to_markdown(self) -> str:
-        bits = any(layer.bits for layer in self.layers)  # the column shows only when bits are configured
-        rank = any(layer.rank for layer in self.layers)  # likewise rank
-        lines = ["| layer | type | params | input width | output width | depth |" + " bits |" * bits + " rank |" * rank,
-                 "|---|---|---:|---|---|---|" + "---|" * bits + "---|" * rank]
+        extra = self.columns
+        lines = ["| layer | type | params | input width | output width | depth |" + "".join(f" {c} |" for c in extra),
+                 "|---|---|---:|---|---|---|" + "---|" * len(extra)]
         lines += [f"| {l.name} | {l.type} | {l.params:,} | {l.width_in} | {l.width_out} | {l.depth} |"
-                  + f" {l.bits} |" * bits + f" {l.rank} |" * rank for l in self.layers]
+                  + "".join(f" {l.columns.get(c, '')} |" for c in extra) for l in self.layers]
         lines.append(f"\n{self.space_size:,} sub-models, {self.params_min:,} to {self.params_max:,} params; "
                      f"{self.coverage:.1%} of parameters in elastic layers; the smallest drops {self.reducible:.1%}.")
-        if bits:
+        if "bits" in extra:
             lines[-1] += f" Weights take {self.weight_bytes_min:,} to {self.weight_bytes_max:,} bytes."
         return "\n".join(lines)
 
@@ -103,13 +119,10 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
             continue
         w_in, e_in = _describe(family, layer.in_group, layer.in_fixed or "model input")
         w_out, e_out = _describe(family, layer.out_group, "fixed")
-        bits = f"bits:{name}" if f"bits:{name}" in family.space.names else ""
-        bits = bits and f"{bits} {family.space[bits].choices}"
-        rank = f"rank:{name}" if f"rank:{name}" in family.space.names else ""
-        rank = f"{rank} {family.space[rank].choices}" if rank else family.rank_notes.get(name, "")
+        columns = {col: cell for kind in family.kinds for col, cell in kind.columns(family, name).items()}
         rows.append(LayerCoverage(name, _type_name(model, name), own, w_in, w_out, depth,
-                                  e_in or e_out or bool(depth) or bool(bits) or name in family.factorized, bits,
-                                  rank))
+                                  e_in or e_out or bool(depth) or any(elastic for _, elastic in columns.values()),
+                                  columns={col: text for col, (text, _) in columns.items()}))
     smallest, largest = costs(family, family.space.min()), costs(family, family.space.max())
     return Coverage(rows, {d.name: list(d.choices) for d in family.space}, family.space.size, smallest["params"],
                     largest["params"], smallest["weight_bytes"], largest["weight_bytes"])

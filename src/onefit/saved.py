@@ -3,6 +3,13 @@
 Loading rebuilds the model (from the recorded zoo factory, or a model you pass), elasticizes it
 the same way, and checks the space, the hashes, every key and every shape (``onefit.checkpoint``
 reads and checks the folder itself).
+
+>>> import tempfile, torch, onefit
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),))
+>>> folder = tempfile.mkdtemp()
+>>> family.save(folder)
+>>> load(folder).space == family.space  # a zoo model rebuilds from its factory
+True
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from torch import nn
 from onefit.checkpoint import CheckpointError, build_from_source, example_inputs_of, read_manifest, read_tensors
 from onefit.config import ElasticConfig
 from onefit.cost.latency_model import LatencyModel
-from onefit.family import elasticize
+from onefit.family import elasticize, is_restriction
 from onefit.space import Space
 
 
@@ -40,7 +47,7 @@ def restore_(family, directory):
         saved = Space.from_json(manifest["space"])
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{directory}: the manifest's space is not a list of dimensions: {err}") from err
-    if family.space != saved and not _ranks_shrunk(family.space, saved):
+    if family.space != saved and not is_restriction(saved, family.space):
         raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
     weights = read_tensors(directory, manifest["weights"])
     expected = family.module.state_dict()
@@ -51,20 +58,12 @@ def restore_(family, directory):
             f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]}"
         )
-    family.space = saved  # training may have capped rank dimensions (progressive shrinking, TRP)
+    family.space = saved  # training may have dropped choices (progressive shrinking, TRP): family.restrict_
     family.module.load_state_dict(weights)
     family.source, family.history = manifest.get("source"), manifest.get("history") or []
+    family.space_history = manifest.get("space_history") or []
     try:
         family.latency_models = {k: LatencyModel.from_json(v) for k, v in (manifest.get("latency_models") or {}).items()}
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{directory}: a latency model in the manifest is damaged: {err}") from err
     return family
-
-
-def _ranks_shrunk(rebuilt, saved) -> bool:
-    """Whether ``saved`` is ``rebuilt`` with some rank dimensions capped: their choices are the
-    rebuilt ones up to a cap (``onefit.train.ordered_rank.restrict_rank_``)."""
-    if rebuilt.names != saved.names:
-        return False
-    return all(a == b or (a.kind == b.kind == "rank" and b.choices == a.choices[: len(b.choices)])
-               for a, b in zip(rebuilt, saved))

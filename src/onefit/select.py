@@ -31,7 +31,11 @@ def distinct_chain(family) -> list[Arch]:
 def largest_within(family, **budget: float) -> Arch:
     """The largest arch of ``family``'s nested chain with every named cost within budget.
 
-    >>> largest_within(family, params=50_000, macs=1e6)  # doctest: +SKIP
+    >>> import torch, onefit
+    >>> family = onefit.elasticize(onefit.zoo.mlp(hidden=64, layers=2), (torch.randn(2, 1, 8, 8),))
+    >>> arch = largest_within(family, params=5_000)
+    >>> onefit.costs(family, arch)["params"] <= 5_000 < onefit.costs(family, family.space.max())["params"]
+    True
     """
     unknown = sorted(set(budget) - set(METRICS))
     if not budget or unknown:

@@ -22,7 +22,8 @@ from typing import Any, Iterator, Mapping
 
 Arch = dict[str, Any]
 
-KINDS = ("width", "depth", "heads", "rank", "kernel", "bits")
+# Dimension kinds; a handler registered with onefit.dims.register_kind adds its own.
+KINDS = ["width", "depth", "heads", "rank", "kernel", "bits"]
 
 
 class ArchError(ValueError):
@@ -39,7 +40,7 @@ class Dimension:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"dimension {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+            raise ValueError(f"dimension {self.name!r}: kind {self.kind!r} is not one of {tuple(KINDS)}")
         if not self.choices:
             raise ValueError(f"dimension {self.name!r}: needs at least one choice")
         object.__setattr__(self, "choices", tuple(self.choices))

@@ -16,40 +16,9 @@ positions in MACs, or the dense layer's where that is cheaper (``onefit.elastic.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
-from torch import nn
-
-from onefit.elastic.lowrank import lowrank_cost
-
-
-def _layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions: int) -> tuple[int, int]:
-    bias = getattr(module, "bias", None) is not None
-    if kind == "linear":
-        return n_in * n_out + bias * n_out, n_in * n_out * positions
-    if kind in ("conv", "conv_pass"):
-        kernel = module.weight[0, 0].numel()
-        per_group_in = module.in_channels // module.groups if kind == "conv_pass" else n_in // module.groups
-        weights = n_out * per_group_in * kernel
-        return weights + bias * n_out, weights * positions
-    if kind == "mha":  # n_out: the heads' width; positions: query tokens; the key tokens come with it
-        embed, (t, s) = module.embed_dim, positions
-        bias = module.in_proj_bias is not None
-        params = 4 * embed * n_out + bias * 3 * n_out + (module.out_proj.bias is not None) * embed
-        return params, embed * n_out * (t + 2 * s) + 2 * t * s * n_out + n_out * embed * t
-    if kind == "norm":
-        return (getattr(module, "weight", None) is not None) * n_out + bias * n_out, 0
-    return sum(p.numel() for p in module.parameters()), 0
-
-
-def _param_bytes(module: nn.Module, params: int, n_out: int, bits: int) -> int:
-    """Bytes of a layer's ``params``: 4 each, but its weights at ``bits`` / 8 plus a scale per output."""
-    if bits >= 32:
-        return 4 * params
-    biases = n_out if getattr(module, "bias", None) is not None else 0
-    weights = params - biases
-    return math.ceil(weights * bits / 8) + 4 * n_out + 4 * biases
+from onefit.elastic.base import layer_cost
 
 
 def _bound(owner: str, layers) -> bool:
@@ -63,25 +32,26 @@ def _bound(owner: str, layers) -> bool:
 
 def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
     """Per active bound layer: name, kind, params, macs, positions, input and output elements, and the
-    bytes its parameters take at the arch's bit-width."""
+    bytes its parameters take at the arch's bit-width. The layer's own ``cost`` gives params and
+    MACs at its width; each dimension kind then adjusts what it changes (rank the factors, bits the
+    bytes)."""
     arch = family.space.complete(arch)
-    sizes, skipped, bits = family.layer_sizes(arch), family.skipped(arch), family.bits(arch)
-    ranks = family.ranks(arch)
-    rows = []
+    sizes, skipped = family.layer_sizes(arch), family.skipped(arch)
+    rows = {}
     for name, layer in family.plan.layers.items():
         if f"{name}.".startswith(skipped):
             continue
         n_in, n_out = sizes[name]
         positions = (layer.positions, layer.in_positions) if layer.kind == "mha" else layer.positions
-        module = family.module.get_submodule(name)
-        if name in ranks:  # a factorized layer: two factors of the arch's rank, or dense where cheaper
-            p, m = lowrank_cost(module, n_in, n_out, ranks[name], positions)
-        else:
-            p, m = _layer_cost(module, layer.kind, n_in, n_out, positions)
-        rows.append({"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
-                     "elements": layer.in_positions * n_in + layer.positions * n_out,
-                     "bytes": _param_bytes(module, p, n_out, bits.get(name, 32))})
-    return rows
+        p, m = layer_cost(family.module.get_submodule(name), layer.kind, n_in, n_out, positions)
+        rows[name] = {"name": name, "kind": layer.kind, "params": p, "macs": m, "positions": layer.positions,
+                      "elements": layer.in_positions * n_in + layer.positions * n_out, "bytes": 4 * p,
+                      "n_in": n_in, "n_out": n_out, "positions_all": positions}
+    for kind in family.kinds:
+        kind.cost_(family, arch, rows)
+    for row in rows.values():
+        del row["n_in"], row["n_out"], row["positions_all"]  # what the kinds needed, not part of the row
+    return list(rows.values())
 
 
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:

@@ -7,8 +7,13 @@ parameters, active layers (each one costs a kernel launch) and peak activation b
 by spatial resolution fitted the training sub-models better and held-out ones worse: with a few
 dozen noisy measurements, fewer features generalise better.)
 
->>> model = LatencyModel.fit(family, archs, measured_ms, backend="onnxruntime", batch=1)  # doctest: +SKIP
->>> model.predict(family, family.space.min())  # doctest: +SKIP
+>>> import torch, onefit
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=64, layers=2), (torch.randn(2, 1, 8, 8),))
+>>> archs = family.space.nested_chain()
+>>> measured_ms = [0.01 + 1e-6 * arch_features(family, a)["macs"] for a in archs]  # a machine of 1 GMAC/s
+>>> model = LatencyModel.fit(family, archs, measured_ms, backend="onnxruntime", batch=1)
+>>> round(model.predict(family, family.space.max()) / measured_ms[-1], 2)
+1.0
 """
 
 from __future__ import annotations

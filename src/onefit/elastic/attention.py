@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.registry import register
 
 
@@ -55,7 +56,20 @@ class _SmallerAttention(nn.Module):
 
 
 @register(nn.MultiheadAttention)
-class ElasticMultiheadAttention(nn.Module):
+class ElasticMultiheadAttention(ElasticLayer, nn.Module):
+    coupling = "attention"
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.embed_dim, plain.embed_dim  # the embedding width in, the heads' width out
+
+    def cost(self, kind: str, n_in: int, n_out: int, positions) -> tuple[int, int]:
+        """n_out: the heads' width; positions: (query tokens, key tokens)."""
+        embed, (t, s) = self.embed_dim, positions
+        bias = self.in_proj_bias is not None
+        params = 4 * embed * n_out + bias * 3 * n_out + (self.out_proj.bias is not None) * embed
+        return params, embed * n_out * (t + 2 * s) + 2 * t * s * n_out + n_out * embed * t
+
     active_out: int | None = None  # active heads x head_dim; None: every head
 
     @classmethod

@@ -13,12 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
 
 @register(nn.Conv1d, nn.Conv2d)
-class ElasticConv(nn.Module):
+class ElasticConv(ElasticLayer, nn.Module):
+    coupling = "conv"
+    quantizable = factorizable = True
+
     active_out: int | None = None  # None: all outputs; ignored by pass-through (grouped) convs
     in_index = None  # input channels to use when the input is a concatenation; None: a prefix
     active_bits: int | None = None  # weight bit-width; None or 32: full precision
@@ -37,6 +41,17 @@ class ElasticConv(nn.Module):
         layer.options = dict(stride=plain.stride, padding=plain.padding, dilation=plain.dilation)
         layer._conv = F.conv2d if isinstance(plain, nn.Conv2d) else F.conv1d
         return layer
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.in_channels, plain.out_channels
+
+    def cost(self, kind: str, n_in: int, n_out: int, positions) -> tuple[int, int]:
+        bias = self.bias is not None
+        kernel = self.weight[0, 0].numel()
+        per_group_in = self.in_channels // self.groups if kind == "conv_pass" else n_in // self.groups
+        weights = n_out * per_group_in * kernel
+        return weights + bias * n_out, weights * positions
 
     @property
     def passes_width(self) -> bool:

@@ -12,11 +12,19 @@ import torch
 from torch import nn
 
 from onefit.elastic.quant import fake_quantize
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.registry import register
 
 
 @register("transformers.pytorch_utils.Conv1D")
-class ElasticHFConv1D(nn.Module):
+class ElasticHFConv1D(ElasticLayer, nn.Module):
+    coupling = None  # read off GPT-2's modules, never traced
+    quantizable = True
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.nx, plain.nf
+
     active_out: int | None = None  # outputs per segment; None: all
     active_bits: int | None = None  # weight bit-width; None or 32: full precision
     out_axis = 1  # weight is (in, out): one quantization scale per column

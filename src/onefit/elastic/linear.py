@@ -7,12 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
 
 @register(nn.Linear)
-class ElasticLinear(nn.Linear):
+class ElasticLinear(ElasticLayer, nn.Linear):
+    coupling = "linear"
+    quantizable = factorizable = True
+
     active_out: int | None = None  # None: all outputs
     in_index = None  # input columns to use when the input is a concatenation; None: a prefix
     active_bits: int | None = None  # weight bit-width; None or 32: full precision

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.conv import ElasticConv
 from onefit.elastic.linear import ElasticLinear
 
@@ -57,8 +58,18 @@ def svd_factors(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return u.to(weight.dtype), v.to(weight.dtype).reshape(len(s), *weight.shape[1:]), s.to(weight.dtype)
 
 
-class _LowRank(nn.Module):
-    """What the factorized Linear and convolution share: rank prefix, importance and sorting hooks."""
+class _LowRank(ElasticLayer, nn.Module):
+    """What the factorized Linear and convolution share: rank prefix, importance and sorting hooks.
+    Its cost is the dense layer's; the rank dimension counts the factors (``lowrank_cost``)."""
+
+    coupling = None  # made from an elastic layer after the coupling walk
+
+    def full_sizes(self) -> tuple[int, int]:
+        return getattr(self, "in_features", None) or self.in_channels, self.u.shape[0]
+
+    def cost(self, kind: str, n_in: int, n_out: int, positions) -> tuple[int, int]:
+        weights = n_in * n_out * self.kernel
+        return weights + (self.bias is not None) * n_out, weights * positions
 
     active_out: int | None = None  # None: all outputs
     active_rank: int | None = None  # None: the full rank
@@ -202,7 +213,8 @@ def _why_dense(plan_layer, elastic: nn.Module) -> str | None:
     """Why ``plan_layer`` has no factorized form, or None if it has one."""
     if plan_layer.kind == "conv_pass" or getattr(elastic, "groups", 1) != 1:
         return "grouped or depthwise convolution: no factorized form"
-    if plan_layer.kind not in ("linear", "conv") or not isinstance(elastic, (ElasticLinear, ElasticConv)):
+    if plan_layer.kind not in ("linear", "conv") or not getattr(elastic, "factorizable", False) \
+            or not isinstance(elastic, (ElasticLinear, ElasticConv)):
         return f"no factorized form for {type(elastic).__name__}"
     if plan_layer.segments > 1 or plan_layer.in_segments:
         return "fused projection or concatenated input: kept dense"

@@ -7,11 +7,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from onefit.elastic.base import ElasticLayer
 from onefit.elastic.registry import register
 
 
+class _NormCost(ElasticLayer):
+    def cost(self, kind: str, n_in: int, n_out: int, positions) -> tuple[int, int]:
+        weight, bias = getattr(self, "weight", None) is not None, getattr(self, "bias", None) is not None
+        return weight * n_out + bias * n_out, 0
+
+
 @register(nn.BatchNorm1d, nn.BatchNorm2d)
-class ElasticBatchNorm(nn.modules.batchnorm._BatchNorm):
+class ElasticBatchNorm(_NormCost, nn.modules.batchnorm._BatchNorm):
+    coupling = "batch_norm"
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.num_features, plain.num_features
+
     in_index = None  # channels to use when the input is a concatenation; None: a prefix
     @classmethod
     def from_plain(cls, plain: nn.modules.batchnorm._BatchNorm) -> "ElasticBatchNorm":
@@ -71,7 +84,13 @@ class ElasticBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 @register(nn.LayerNorm)
-class ElasticLayerNorm(nn.LayerNorm):
+class ElasticLayerNorm(_NormCost, nn.LayerNorm):
+    coupling = "layer_norm"
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.normalized_shape[-1], plain.normalized_shape[-1]
+
     @classmethod
     def from_plain(cls, plain: nn.LayerNorm) -> "ElasticLayerNorm":
         if len(plain.normalized_shape) != 1:

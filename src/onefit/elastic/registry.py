@@ -1,4 +1,10 @@
-"""One table from plain torch layer types to their elastic counterparts, walked by class hierarchy."""
+"""One table from plain torch layer types to their elastic counterparts, walked by class hierarchy.
+
+>>> class MyLinear(nn.Linear):  # a subclass finds its base's elastic type
+...     pass
+>>> elastic_type_for(MyLinear(2, 3)).__name__
+'ElasticLinear'
+"""
 
 from __future__ import annotations
 
@@ -43,3 +49,10 @@ def to_elastic(module: nn.Module) -> nn.Module:
         raise TypeError(f"no elastic layer for {type(module).__name__}; known types: {known}")
     return elastic_type.from_plain(module)
 
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of the module called ``name``, in the train/eval mode of the one it replaces."""
+    parent, _, child = name.rpartition(".")
+    new.training = root.get_submodule(name).training  # its own flag only; children keep theirs
+    setattr(root.get_submodule(parent) if parent else root, child, new)

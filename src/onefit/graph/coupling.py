@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch.fx as fx
 from torch import nn
 
+from onefit.elastic.registry import elastic_type_for
 from onefit.graph import attention
 from onefit.graph.plan import Group, LayerPlan, OpCost, Plan, StagePlan
 from onefit.graph.stages import find_stages
@@ -197,37 +198,59 @@ class _Walker:
         return chan
 
     def visit_module(self, node: fx.Node, mod: nn.Module) -> _Chan | None:
-        name = node.target
+        """A layer's rule comes from its elastic type (``coupling``, looked up in ``RULES``);
+        weightless modules come from the tables of pass-through modules and flatten."""
         out_shape = _shape(node)
-        if isinstance(mod, nn.Linear):
-            x = self.input_chan(node, -1, name, unit_ok=True, segments_ok=True)
-            group = self.new_group(mod.out_features)
-            in_positions = math.prod(_shape(node.args[0])[1:-1])
-            self.layers[name] = LayerPlan(
-                name, "linear", _group(x), group, x.unit if x else 1, math.prod(out_shape[1:-1]),
-                in_positions=in_positions, in_segments=x.segments if x else (),
-            )
-            return _Chan(group, len(out_shape) - 1)
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
-            return self.visit_conv(node, mod, out_shape)
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            x = self.input_chan(node, 1, name, segments_ok=True)
-            self.layers[name] = LayerPlan(name, "norm", _group(x), _group(x), in_segments=x.segments if x else ())
-            return x
-        if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
-            x = self.input_chan(node, -1, name)
-            self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
-            return x
-        if isinstance(mod, nn.MultiheadAttention):
-            return self.attention_module(node, mod)
+        elastic = elastic_type_for(mod)
+        rule = RULES.get(getattr(elastic, "coupling", None))
+        if rule is not None:
+            return rule(self, node, mod, elastic, out_shape)
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, mod.start_dim, mod.end_dim)
         if isinstance(mod, _PASS_MODULES):
             x = node.args[0]
             return self.chan.get(x) if len(_shape(x)) == len(out_shape) else self.unknown(node, type(mod).__name__)
         if any(True for _ in mod.parameters()):
+            name = node.target
             self.layers[name] = LayerPlan(name, "other", None, None, reason=f"no elastic version of {type(mod).__name__}")
         return self.unknown(node, f"layer {type(mod).__name__}")
+
+    # -- the rules an elastic layer names as its ``coupling`` ------------------------------------
+    def linear_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> _Chan:
+        """Reads its input's last axis, produces a new group of its outputs there."""
+        name = node.target
+        x = self.input_chan(node, -1, name, unit_ok=True, segments_ok=True)
+        group = self.new_group(elastic.plain_sizes(mod)[1])
+        in_positions = math.prod(_shape(node.args[0])[1:-1])
+        self.layers[name] = LayerPlan(
+            name, "linear", _group(x), group, x.unit if x else 1, math.prod(out_shape[1:-1]),
+            in_positions=in_positions, in_segments=x.segments if x else (),
+        )
+        return _Chan(group, len(out_shape) - 1)
+
+    def conv_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> _Chan | None:
+        return self.visit_conv(node, mod, out_shape)
+
+    def batch_norm_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> _Chan | None:
+        """Passes the group on axis 1 through (a concatenation too)."""
+        name = node.target
+        x = self.input_chan(node, 1, name, segments_ok=True)
+        self.layers[name] = LayerPlan(name, "norm", _group(x), _group(x), in_segments=x.segments if x else ())
+        return x
+
+    def layer_norm_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> _Chan | None:
+        """Passes the group on the last axis through; a norm over more axes is kept whole."""
+        name = node.target
+        if len(mod.normalized_shape) != 1:
+            self.layers[name] = LayerPlan(name, "other", None, None,
+                                          reason=f"LayerNorm over {len(mod.normalized_shape)} dimensions")
+            return self.unknown(node, f"layer {type(mod).__name__}")
+        x = self.input_chan(node, -1, name)
+        self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
+        return x
+
+    def attention_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> None:
+        return self.attention_module(node, mod)
 
     def attention_module(self, node: fx.Node, mod: nn.MultiheadAttention) -> None:
         """nn.MultiheadAttention: its heads form a group of their own; its embedding width stays."""
@@ -420,6 +443,15 @@ class _Walker:
                 groups[g].producers.append(layer.name)
         ops = [replace(op, group=self.root(op.group)) for op in self.ops]
         return Plan(groups, self.layers, stages, self.notes, ops)
+
+
+RULES = {  # coupling name (an elastic layer's ``coupling``) -> the walker's rule
+    "linear": _Walker.linear_rule,
+    "conv": _Walker.conv_rule,
+    "batch_norm": _Walker.batch_norm_rule,
+    "layer_norm": _Walker.layer_norm_rule,
+    "attention": _Walker.attention_rule,
+}
 
 
 def trace_plan(model: nn.Module, example_inputs: tuple) -> Plan:

@@ -7,15 +7,25 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from onefit.elastic.registry import elastic_type_for
+
 
 class TraceError(ValueError):
     """The model could not be traced or run on its example inputs."""
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with every layer type that has an elastic version kept as one call (a
+    layer type of the user's own, registered from their code, is not traced into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return elastic_type_for(m) is not None or super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     """Symbolically trace ``model`` and record every tensor's shape on ``example_inputs``."""
     try:
-        traced = fx.symbolic_trace(model)
+        traced = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as err:  # fx raises many types; all mean "cannot trace"
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx: {err}. Data-dependent control flow "

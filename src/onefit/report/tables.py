@@ -1,4 +1,10 @@
-"""The front as a table a person reads at a glance (rich)."""
+"""The front as a table a person reads at a glance (rich).
+
+>>> spread(list(range(10)), 4)
+[0, 3, 6, 9]
+>>> _cell("error", 0.0123), _cell("params", 12345.0)
+('1.2%', '12,345')
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""Random search: uniform draws from the space, never the same arch twice while unseen ones remain."""
+"""Random search: uniform draws from the space, never the same arch twice while unseen ones remain.
+
+>>> from onefit.search.problem import toy_problem
+>>> searcher = RandomSearch(seed=0)
+>>> searcher.setup(toy_problem())
+>>> arch = searcher.ask()
+>>> searcher.tell(toy_problem().evaluate(arch))
+>>> arch in [searcher.ask() for _ in range(3)]  # never the same arch twice
+False
+"""
 
 from __future__ import annotations
 

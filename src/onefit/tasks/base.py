@@ -5,6 +5,12 @@ training (``loss``) and for people (``metric`` over data, with ``higher_is_bette
 student learns a teacher's outputs (``distillation``, a loss of ``onefit.distill``), and the
 metric as a number a search minimises (``error``). ``predict`` in ``metric`` maps a batch's
 inputs to the output tensor, so the same code scores a PyTorch module and an ONNX file.
+
+>>> model = nn.Linear(3, 2)
+>>> with torch.no_grad():
+...     _ = model.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])), model.bias.zero_()
+>>> evaluate(model, [(torch.tensor([[2.0, 1, 0], [0, 3.0, 0]]), torch.tensor([0, 0]))])  # top-1 accuracy, %
+50.0
 """
 
 from __future__ import annotations

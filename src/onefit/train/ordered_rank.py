@@ -84,7 +84,8 @@ def restrict_rank_(family, name: str, rank: int) -> bool:
     if cap == dim.choices[-1]:
         return False
     choices = tuple(c for c in dim.choices if c <= cap)
-    family.space = Space([Dimension(d.name, d.kind, choices) if d.name == name else d for d in family.space])
+    family.restrict_(Space([Dimension(d.name, d.kind, choices) if d.name == name else d for d in family.space]),
+                     by=f"rank of {name} capped at {cap}")
     return True
 
 

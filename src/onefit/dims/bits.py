@@ -1,0 +1,82 @@
+"""Bits: a ``bits:<layer>`` dimension per quantizable layer (its elastic type says ``quantizable``)
+with the weight bit-widths ``ElasticConfig.bits`` / ``bits_layers`` give; 32 is full precision.
+Extraction bakes the quantized values into fp32 weights; counts store a b-bit layer's weights in
+b/8 bytes each (packed, rounded up to whole bytes) plus one fp32 scale per output channel.
+
+>>> import torch, onefit
+>>> config = onefit.ElasticConfig(width=(1.0,), depth=False, bits=(4, 8))
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),), config)
+>>> family.space["bits:1"].choices, family.bits({"bits:1": 4})["1"]
+((4, 8, 32), 4)
+>>> param_bytes(torch.nn.Linear(64, 16), 64 * 16 + 16, 16, 4)  # 512 bytes of weights, 16 scales, 16 biases
+640
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from onefit.dims.base import Kind, register_kind
+from onefit.elastic.quant import ActivationQuantizer, quantize_plain
+from onefit.space import Dimension
+
+FULL = 32
+
+
+def param_bytes(module: nn.Module, params: int, n_out: int, bits: int) -> int:
+    """Bytes of a layer's ``params``: 4 each, but its weights at ``bits`` / 8 plus a scale per output."""
+    if bits >= FULL:
+        return 4 * params
+    biases = n_out if getattr(module, "bias", None) is not None else 0
+    weights = params - biases
+    return math.ceil(weights * bits / 8) + 4 * n_out + 4 * biases
+
+
+@register_kind
+class BitsKind(Kind):
+    names = ("bits",)
+
+    def dimensions(self, family) -> list[Dimension]:
+        # after setup_: a layer factorized for a rank dimension is no longer quantizable
+        family.quantizable = [layer.name for layer in family.plan.layers.values() if layer.kind != "other"
+                              and getattr(family.module.get_submodule(layer.name), "quantizable", False)]
+        family.config.check_patterns("bits_layers", family.config.bits_layers, family.quantizable)
+        return [Dimension(f"bits:{name}", "bits", family.config.bits_choices(name)) for name in family.quantizable]
+
+    def finish_(self, family) -> None:
+        """With ``activation_bits``, every layer with a bits dimension gets an input quantizer."""
+        if family.config.activation_bits is None:
+            return
+        for name in family.quantizable:
+            if f"bits:{name}" in family.space.names:
+                layer = family.module.get_submodule(name)
+                layer.input_quant = ActivationQuantizer(family.config.activation_bits, name).to(layer.weight.device)
+
+    def values(self, family, arch) -> dict[str, int]:
+        """Bit-width of every layer with a bits dimension in ``arch``, leaving out the layers in
+        blocks ``arch`` skips (they are not in the sub-model)."""
+        skipped = family.skipped(family.space.complete(arch))
+        return {name: arch[f"bits:{name}"] for name in family.quantizable
+                if f"bits:{name}" in arch and not f"{name}.".startswith(skipped)}
+
+    def settings(self, family, arch):
+        return [(family.module.get_submodule(name), "active_bits", b) for name, b in self.values(family, arch).items()]
+
+    def idle(self, family, arch, gone):
+        return {f"bits:{n}" for n in family.quantizable if gone(n)}
+
+    def extract_layer(self, family, name, plain, arch):
+        bits = self.values(family, arch)
+        return quantize_plain(plain, family.module.get_submodule(name), bits[name]) if name in bits else plain
+
+    def cost_(self, family, arch, rows) -> None:
+        for name, bits in self.values(family, arch).items():
+            if name in rows:
+                row = rows[name]
+                row["bytes"] = param_bytes(family.module.get_submodule(name), row["params"], row["n_out"], bits)
+
+    def columns(self, family, name):
+        dim = f"bits:{name}"
+        return {"bits": (f"{dim} {family.space[dim].choices}", True)} if dim in family.space.names else {}

@@ -1,0 +1,45 @@
+"""Width and heads: one dimension per elastic channel group of the plan (the channels that must
+shrink together), its choices in channels (width) or in whole heads (heads: channels come in
+heads of ``group.multiple``). Layers producing a group are told their active output width; the
+rest read their input width from the tensor they receive.
+
+>>> import torch, onefit
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=64, layers=1), (torch.randn(2, 1, 8, 8),))
+>>> family.space["width:1"].choices  # the hidden layer's group: 1/4, 1/2, 3/4 and all of 64
+(16, 32, 48, 64)
+"""
+
+from __future__ import annotations
+
+from onefit.dims.base import Kind, register_kind
+from onefit.space import Dimension
+
+
+@register_kind
+class WidthKind(Kind):
+    names = ("width", "heads")
+
+    def setup_(self, family) -> None:
+        family.config.check_patterns("layers", family.config.layers, list(family.plan.layers))
+
+    def dimensions(self, family) -> list[Dimension]:
+        config = family.config
+        return [Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
+                for g in family.plan.groups.values() if g.elastic]
+
+    def settings(self, family, arch):
+        widths, plan, module = family.widths(arch), family.plan, family.module
+        settings = [(module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
+                    for layer in plan.layers.values() if layer.kind in ("linear", "conv", "mha")]
+        settings += [(module.get_submodule(m), attr, widths[g]) for m, attr, g in plan.bindings]
+        settings += [(module.get_submodule(layer.name), "in_index", family.input_index(layer, widths))
+                     for layer in plan.layers.values() if layer.in_segments]
+        return settings
+
+    def idle(self, family, arch, gone):
+        """Groups no layer outside the skipped blocks reads or writes."""
+        plan = family.plan
+        live = {g for layer in plan.layers.values() if not gone(layer.name)
+                for g in (layer.in_group, layer.out_group, *(g for g, _ in layer.in_segments))}
+        live |= {g for module, _, g in plan.bindings if not gone(module)}
+        return {g.name for gid, g in plan.groups.items() if gid not in live}
