@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/nested_vs_individual.py
+	$(PY) bench/gradient_noise.py
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py

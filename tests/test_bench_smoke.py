@@ -71,3 +71,13 @@ def test_predictor_quality_benchmark_quick_run_writes_json_and_markdown(tmp_path
     assert set(taus) == {"ridge", "forest", "mlp"}
     assert all(len(t) == 2 and all(-1 <= v <= 1 for v in t) for by_n in taus.values() for t in by_n.values())
     assert "| forest |" in (tmp_path / "predictor_quality.md").read_text()
+
+
+def test_gradient_noise_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    import gradient_noise
+
+    gradient_noise.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gradient_noise.json").read_text())
+    markdown = (tmp_path / "gradient_noise.md").read_text()
+    assert set(saved["summary"]) == {"0.0", "1.0"} and len(saved["runs"]) == 2  # no noise and eta 1, one seed
+    assert "| eta |" in markdown and saved["command"].startswith("python bench/gradient_noise.py")

@@ -71,8 +71,8 @@ class BiasKind(Kind):
     def layers(self, family):
         return [n for n in family.plan.layers if isinstance(family.module.get_submodule(n), ElasticDense)]
 
-    def dimensions(self, family):
-        return [Dimension(f"bias:{n}", "bias", (0, 1)) for n in self.layers(family)]
+    def dimensions(self, family):  # its choices from the config's options for this kind
+        return [Dimension(f"bias:{n}", "bias", tuple(family.config.option("bias", (0, 1)))) for n in self.layers(family)]
 
     def settings(self, family, arch):
         return [(family.module.get_submodule(n), "active_bias", arch[f"bias:{n}"])
@@ -140,8 +140,11 @@ def test_a_family_of_a_custom_layer_with_a_custom_kind_and_recipe(tmp_path):
 
     train_data, test_data = digits(batch_size=64)
     example = (torch.rand(2, 1, 8, 8),)
-    family = onefit.elasticize(build(), example, onefit.ElasticConfig(width=(0.5, 1.0)))
+    config = onefit.ElasticConfig(width=(0.5, 1.0), options={"bias": [0, 1]})
+    family = onefit.elasticize(build(), example, config)
     assert {d.kind for d in family.space} == {"width", "bias"}
+    fixed = onefit.elasticize(build(), example, onefit.ElasticConfig(width=(0.5, 1.0), options={"bias": [1]}))
+    assert {d.kind for d in fixed.space} == {"width"}  # one choice: no dimension
     assert [d.name for d in family.space if d.kind == "bias"] == ["bias:1", "bias:3", "bias:5"]
 
     report = onefit.inspect(build(), example, onefit.ElasticConfig(width=(0.5, 1.0)))
@@ -174,7 +177,7 @@ def test_a_family_of_a_custom_layer_with_a_custom_kind_and_recipe(tmp_path):
     assert len(front.evaluated) == 6 and all(set(t.arch) == set(family.space.names) for t in front.evaluated)
 
     family.save(tmp_path / "fam")
-    loaded = onefit.load(tmp_path / "fam", model=build())
+    loaded = onefit.load(tmp_path / "fam", model=build())  # the options come back from the manifest
     assert loaded.space == family.space and loaded.history == family.history
     arch = family.space.sample(rng)
     with torch.no_grad(), family.activate(arch), loaded.activate(arch):

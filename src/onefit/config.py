@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from onefit.elastic.quant import BITS, FULL, check_bits
 
@@ -36,6 +36,15 @@ def _bits(values, where: str) -> tuple[int, ...]:
     if isinstance(values, (int, str)) or not values:
         raise ValueError(f"{where}: a non-empty tuple of bit-widths from {BITS}, got {values!r}")
     return tuple(sorted({check_bits(b, where) for b in values} | {FULL}))
+
+
+def _frozen(value):
+    """Lists (as JSON brings them back) as tuples, recursively, so a config stays hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple((k, _frozen(v)) for k, v in value.items())
+    return value
 
 
 def _pairs(value) -> tuple:
@@ -64,6 +73,8 @@ class ElasticConfig:
     reason is in ``onefit.inspect``); None: no rank dimensions.
     rank_layers: overrides as ``{pattern: fractions}``, first match wins; ``(1.0,)`` keeps a layer
     dense, and an override gives a layer a rank dimension even when ``rank`` is None.
+    options: settings of dimension kinds registered from outside onefit, as ``{kind: value}``
+    (JSON values); a kind reads its own with ``config.option(kind, default)``.
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -75,6 +86,7 @@ class ElasticConfig:
     activation_bits: int | None = None
     rank: tuple[float, ...] | None = None
     rank_layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))
@@ -96,6 +108,7 @@ class ElasticConfig:
             object.__setattr__(self, "rank", _fractions(self.rank, "ElasticConfig.rank", "rank"))
         ranks = tuple((str(p), _fractions(f, f"ElasticConfig.rank_layers[{p!r}]", "rank")) for p, f in _pairs(self.rank_layers))
         object.__setattr__(self, "rank_layers", ranks)
+        object.__setattr__(self, "options", tuple((str(k), _frozen(v)) for k, v in _pairs(self.options)))
         if self.activation_bits is not None:
             self._check_activation_bits()
 
@@ -146,6 +159,10 @@ class ElasticConfig:
         if fractions is None:
             return None
         return tuple(sorted({max(1, round(f * full_rank)) for f in fractions} | {full_rank}))
+
+    def option(self, kind: str, default: Any = None) -> Any:
+        """The ``options`` entry of dimension kind ``kind``, or ``default``."""
+        return next((v for k, v in self.options if k == kind), default)
 
     def check_patterns(self, field: str, pairs, names: Sequence[str]) -> None:
         """Raise if a pattern of the override ``field`` (``pairs``) matches none of ``names``: a

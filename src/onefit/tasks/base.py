@@ -87,6 +87,15 @@ class Task:
         """How a student's output learns the teacher's (``distillation``)."""
         return distill.loss(self.distillation, student, teacher, temperature)
 
+    def student_loss(self, output: torch.Tensor, batch, teacher: torch.Tensor | None, weight: float,
+                     temperature: float) -> torch.Tensor:
+        """A student's loss: ``(1 - weight) * loss + weight * distill(output, teacher, T)``, or the
+        task loss alone without a teacher or at weight 0 (Hinton et al. 2015; every recipe mixes so)."""
+        loss = self.loss(output, batch)
+        if teacher is None or weight <= 0:
+            return loss
+        return (1 - weight) * loss + weight * self.distill(output, teacher, temperature)
+
     def metric(self, predict: Callable[[tuple], torch.Tensor], data: Iterable) -> float:
         """The metric of ``predict`` over ``data``."""
         raise NotImplementedError

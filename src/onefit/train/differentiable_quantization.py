@@ -89,11 +89,11 @@ class DifferentiableQuantizationRecipe(Recipe):
         inputs = task.inputs(batch)
         optimizer.zero_grad(set_to_none=True)
         logits = first_output(module(*inputs))
-        loss = task.loss(logits, batch)
-        if teacher is not None and cfg.distill_weight > 0:
+        soft = None
+        if teacher is not None:
             with torch.no_grad():
                 soft = first_output(teacher(*inputs))
-            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * task.distill(logits, soft, cfg.temperature)
+        loss = task.student_loss(logits, batch, soft, cfg.distill_weight, cfg.temperature)
         loss.backward()
         optimizer.step()
         sort_points_(module)

@@ -76,7 +76,8 @@ def train(
                          f"dataset); got {type(data).__name__} without one: pass cosine=False for a stream")
     outputs = output_size(family, family.example_inputs, task) if family is not None else None
     optimizer = optimizer or recipe.prepare(target) or torch.optim.Adam(target.parameters(), lr=3e-3)
-    noise = GradientNoise(optimizer, gradient_noise) if gradient_noise else None
+    seed = getattr(getattr(recipe, "config", None), "seed", 0)  # the recipe's seed drives the noise too
+    noise = GradientNoise(optimizer, gradient_noise, seed=seed) if gradient_noise else None
     start = 0
     if checkpoint is not None and (Path(checkpoint) / "family.json").exists():
         held = _epochs_held(checkpoint)

@@ -124,10 +124,7 @@ class QuantizedDistillationRecipe(Recipe):
         for arch in students:
             with family.activate(arch):
                 logits = first_output(family(*inputs))  # quantized weights forward; the STE sends the gradient to the fp32 ones
-            loss = task.loss(logits, batch)
-            if soft is not None and cfg.distill_weight > 0:
-                kd = task.distill(logits, soft, cfg.temperature)
-                loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+            loss = task.student_loss(logits, batch, soft, cfg.distill_weight, cfg.temperature)
             (loss / n).backward()
             losses.append(loss.item())
         optimizer.step()

@@ -54,10 +54,7 @@ def nested_backward(family, archs, batch, config: SortedNetConfig, teacher: torc
     for arch in archs:
         with family.activate(arch):
             logits = first_output(family(*inputs))
-        loss = task.loss(logits, batch)
-        if soft is not None and config.distill_weight > 0:
-            kd = task.distill(logits, soft, config.temperature)
-            loss = (1 - config.distill_weight) * loss + config.distill_weight * kd
+        loss = task.student_loss(logits, batch, soft, config.distill_weight, config.temperature)
         (loss / len(archs)).backward()
         losses.append(loss.item())
         if config.distill == "inplace" and soft is None:
