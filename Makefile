@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := $(PY) -m pip install --quiet -c constraints.txt
 STAMP   := .venv/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench coverage mutants clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -32,5 +32,10 @@ bench: $(STAMP)
 	$(PY) bench/lowrank.py --tasks cnn-mnist --epochs 10 --tune-epochs 5 --stem lowrank_cnn_mnist
 	$(PY) bench/quantized_distillation.py
 
+# Line and branch coverage of the suite; the core's unrun lines go to bench/results/coverage_lines.md.
+coverage: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --cov=onefit --cov-branch --cov-report=json:.coverage.json
+	$(PY) bench/coverage_lines.py .coverage.json
+
 clean:
-	rm -rf .venv runs .pytest_cache
+	rm -rf .venv runs .pytest_cache mutants .coverage .coverage.json
