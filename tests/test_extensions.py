@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import onefit

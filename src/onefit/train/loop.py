@@ -16,7 +16,7 @@ from onefit.checkpoint import load_training_state, read_manifest, save_family
 from onefit.family import Family
 from onefit.progress import progress_bar
 from onefit.saved import restore_
-from onefit.tasks import ClassificationTask, DataError, Task, evaluate, first_output  # noqa: F401 (re-exported)
+from onefit.tasks import ClassificationTask, Task, first_output
 from onefit.train import rng
 from onefit.train.noise import GradientNoise
 from onefit.train.recipe import Recipe

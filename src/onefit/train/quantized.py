@@ -27,7 +27,7 @@ targets; the task's distillation loss, as in SortedNet). The teacher is
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
