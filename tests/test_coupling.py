@@ -1,8 +1,10 @@
 """What the coupling analysis ties together, and what it refuses to slice."""
 
+import pytest
 import torch
 from torch import nn
 
+import onefit
 from onefit.graph import analyze
 from conftest import DepthwiseNet, FlattenNet
 from onefit.zoo import resnet
@@ -124,3 +126,41 @@ def test_heads_split_with_minus_one_shrink_by_whole_heads_and_literals_freeze():
     frozen = analyze(LiteralHeads(), (torch.randn(2, 5, 16),))
     assert groups_by_producer(frozen)["qkv"].frozen
     assert not any(group.elastic for group in frozen.groups.values())
+
+
+class _Freezes(nn.Module):
+    """One op that onefit cannot shrink through, chosen by ``how``; a layer before and after it."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(6, 8)
+        self.grouped = nn.Conv1d(8, 4, 1, groups=2)
+        self.head = nn.Linear(8 if how != "grouped" else 4, 3)
+
+    def forward(self, x):  # x: (B, 6)
+        a = self.a(x)
+        if self.how == "mean_all":
+            a = a - a.mean()  # a reduction over every dimension
+        elif self.how == "mean_channels":
+            a = a * a.mean(-1, keepdim=True).mean(-1)[:, None].expand(-1, 8)  # over the channels
+        elif self.how == "sum_unequal":
+            a = a + torch.cat([self.b(x), self.b(x)], -1)[:, :8]  # a concatenation joined to a group
+        elif self.how == "grouped":
+            return self.head(self.grouped(a[:, :, None])[:, :, 0])
+        elif self.how == "flatten_heads":
+            a = a.view(x.shape[0], 2, 4).flatten(0, 1).view(x.shape[0], 8)  # merges the batch with a channel split
+        return self.head(torch.relu(a))
+
+
+@pytest.mark.parametrize("how, layer, reason", [
+    ("mean_all", "a", "mean over all dimensions"), ("mean_channels", "a", "mean over the channels"),
+    ("sum_unequal", "a", "different channel layouts"),
+    ("grouped", "grouped", "grouped convolution with unequal in/out widths"),
+    ("flatten_heads", "a", "view to a fixed shape")])
+def test_ops_onefit_cannot_slice_freeze_what_they_touch(how, layer, reason):
+    torch.manual_seed(0)
+    plan = analyze(_Freezes(how).eval(), (torch.randn(2, 6),))
+    group = plan.groups[plan.layers[layer].out_group]
+    assert group.frozen and not group.elastic
+    assert any(reason in note for note in plan.notes) or reason in group.frozen, (plan.notes, group.frozen)
