@@ -1,4 +1,9 @@
-"""Progress bars for long work, off when ``progress=False``."""
+"""Progress bars for long work, off when ``progress=False``.
+
+>>> with progress_bar(False) as bar:  # off: the same calls, nothing drawn
+...     job = bar.add_task("work", total=2)
+...     bar.update(job, advance=1)
+"""
 
 from __future__ import annotations
 

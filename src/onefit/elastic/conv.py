@@ -5,6 +5,10 @@ many input channels arrive. A grouped convolution whose input and output widths 
 (depthwise is the case of one channel per group) passes its width through: ``c`` active
 channels are the first ``c / channels_per_group`` groups, so the prefix of its input is the
 prefix of its output. With ``active_bits`` the active slice of the weights is fake-quantized.
+
+>>> depthwise = ElasticConv.from_plain(nn.Conv2d(8, 8, 3, padding=1, groups=8))
+>>> depthwise.passes_width, tuple(depthwise(torch.randn(1, 4, 6, 6)).shape)  # 4 channels in, 4 out
+(True, (1, 4, 6, 6))
 """
 
 from __future__ import annotations

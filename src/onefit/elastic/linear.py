@@ -1,5 +1,13 @@
 """Elastic ``nn.Linear``: the first ``active_out`` outputs, as many inputs as the tensor brings,
-its weights fake-quantized to ``active_bits``."""
+its weights fake-quantized to ``active_bits``.
+
+>>> layer = ElasticLinear.from_plain(nn.Linear(8, 4))
+>>> layer.active_out = 2
+>>> tuple(layer(torch.randn(3, 5)).shape)  # 5 of its 8 inputs arrive, 2 of its 4 outputs leave
+(3, 2)
+>>> layer.to_plain(5, 2)
+Linear(in_features=5, out_features=2, bias=True)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """Elastic BatchNorm1d/2d and LayerNorm (over the last dimension): they normalise the channels
-that arrive, with the matching prefix of their affine weights and running statistics."""
+that arrive, with the matching prefix of their affine weights and running statistics.
+
+>>> norm = ElasticBatchNorm.from_plain(nn.BatchNorm2d(8)).eval()
+>>> tuple(norm(torch.randn(2, 3, 4, 4)).shape), norm.to_plain(3, 3).num_features
+((2, 3, 4, 4), 3)
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,10 @@ example: another batch size, random batches at two spreads, real data when given
 then renamed into place; a failed export leaves nothing at the target path. A trace that turned
 an input-dependent value into a constant (the exporter's TracerWarning) is an error, not a
 warning to silence.
+
+>>> import torch
+>>> sorted(parity_inputs((torch.rand(2, 4),)))
+['example + 1 row (batch 3)', 'random (batch 3)', 'random at 4x the spread (batch 3)']
 """
 
 from __future__ import annotations

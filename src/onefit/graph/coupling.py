@@ -6,6 +6,18 @@ tensor such as the model's input. Layers that produce channels start a new group
 activations and depthwise convolutions pass the group through; a residual add unions two groups;
 anything this walker does not understand *freezes* the groups it touches (they keep full size,
 with the reason recorded). So an unknown op can cost coverage but never produce a wrong slice.
+
+>>> import torch
+>>> class Residual(nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.inp, self.a, self.b, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+...     def forward(self, x):
+...         h = self.inp(x)
+...         return self.out(h + self.b(torch.relu(self.a(h))))  # the add ties inp's and b's outputs
+>>> plan = trace_plan(Residual(), (torch.randn(1, 4),))
+>>> plan.layers["inp"].out_group == plan.layers["b"].out_group != plan.layers["a"].out_group
+True
 """
 
 from __future__ import annotations

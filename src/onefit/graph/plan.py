@@ -3,6 +3,9 @@
 A ``Plan`` is everything the rest of onefit needs to know about a model's structure: the family
 activates, extracts, sorts and counts from it alone, so a better analysis only has to produce a
 better plan.
+
+>>> Group(0, size=64, producers=["fc1"]).name, Group(1, size=64, multiple=16, producers=["attn"], kind="heads").elastic
+('width:fc1', True)
 """
 
 from __future__ import annotations

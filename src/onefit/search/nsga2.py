@@ -7,6 +7,9 @@ the whole history, NSGA-II's (mu + lambda) survival kept across generations and 
 tells arriving out of order. Offspring: binary tournaments, uniform crossover, and a mutation that
 moves a dimension one choice up or down (nearby choices behave alike) or, rarely, anywhere.
 The functions here are shared with the predictor-assisted searcher.
+
+>>> crowding(np.array([[0.0, 1.0], [0.4, 0.6], [0.5, 0.5], [1.0, 0.0]])).round(2).tolist()  # the ends: infinite
+[inf, 1.0, 1.2, inf]
 """
 
 from __future__ import annotations

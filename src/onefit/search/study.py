@@ -9,6 +9,13 @@ constraints) and refuses to be continued with another.
 
 Storage: a path (``runs/x/study.db``, made a SQLite URL) or any URL optuna accepts
 (``postgresql://...``), so several ``onefit search`` workers can share one study.
+
+>>> storage_url("postgresql://user@host/db")
+'postgresql://user@host/db'
+>>> storage_url("postgresql:/host/db")
+Traceback (most recent call last):
+...
+onefit.search.study.StudyError: storage 'postgresql:/host/db' looks like a URL but is not one: ...
 """
 
 from __future__ import annotations

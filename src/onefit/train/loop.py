@@ -1,5 +1,11 @@
 """``train``: the one visible loop around any recipe's step, with a progress bar, a cosine
-schedule, optional gradient noise, a check of every batch, and resumable checkpoints."""
+schedule, optional gradient noise, a check of every batch, and resumable checkpoints.
+
+>>> import torch
+>>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+>>> [(set_cosine_lr(optimizer, step, 4), round(optimizer.param_groups[0]["lr"], 4))[1] for step in range(5)]
+[0.1, 0.0854, 0.05, 0.0146, 0.0]
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,14 @@ optimizer step. The largest sub-model learns from the labels; the others learn f
 and, with distillation on, from the softened outputs of the largest one (or of an external
 teacher): ``(1 - a) * CE(y) + a * T^2 * KL(p_teacher^T || p_student^T)`` (Hinton et al. 2015) for
 classification; the task names its loss and its distillation loss (``onefit.distill``).
+
+>>> import onefit
+>>> family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),))
+>>> recipe = SortedNetRecipe(SortedNetConfig(distill_weight=0.3, seed=1))
+>>> batch = (torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+>>> out = recipe.step(family, batch, torch.optim.SGD(family.parameters(), lr=0.1))
+>>> out["loss_largest"] > 0 and len(recipe.sampler(family.space, recipe.rng)) == 4  # largest, smallest, 2 random
+True
 """
 
 from __future__ import annotations

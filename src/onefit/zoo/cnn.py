@@ -1,4 +1,10 @@
-"""A plain VGG-style CNN and a ResNet with basic blocks, sized for small images."""
+"""A plain VGG-style CNN and a ResNet with basic blocks, sized for small images.
+
+>>> tuple(resnet(widths=(8, 16), blocks=(1, 1))(torch.randn(2, 1, 8, 8)).shape)
+(2, 10)
+>>> tuple(plain_cnn()(torch.randn(2, 1, 8, 8)).shape)
+(2, 10)
+"""
 
 from __future__ import annotations
 
