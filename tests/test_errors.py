@@ -123,3 +123,57 @@ def test_checkpoint_sources_are_checked():
     with pytest.raises(CheckpointError, match="kwargs must be a JSON object"):
         build_from_source({"factory": "onefit.zoo:mlp", "kwargs": [1]})
     assert isinstance(build_from_source({"factory": "onefit.zoo:mlp", "kwargs": {"hidden": 8}}), nn.Module)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bits": (), "archs": ()}, "give at least one student"),
+    ({"temperature": 0.0}, "temperature must be > 0"),
+    ({"distill_weight": 1.5}, r"distill_weight must lie in \[0, 1\]"),
+    ({"teacher": "oracle"}, "teacher: 'oracle' is not one of"),
+    ({"bits": (32,)}, "students run below 32 bits"),
+])
+def test_quantized_distillation_config_names_the_field(kwargs, message):
+    from onefit.train import QuantizedDistillationConfig
+
+    with pytest.raises(ValueError, match=message):
+        QuantizedDistillationConfig(**kwargs)
+
+
+def test_predictor_search_names_its_settings():
+    from onefit.search import PredictorSearch
+
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        PredictorSearch(predictor="oracle")
+    with pytest.raises(ValueError, match="initial >= 4"):
+        PredictorSearch(initial=1)
+
+
+def test_export_refuses_unknown_options(tmp_path):
+    model = nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        onefit.export(model, tmp_path / "m.onnx", (torch.randn(1, 4),), quantize="int4")
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        onefit.export(model, tmp_path / "m.onnx", (torch.randn(1, 4),), exporter="tflite")
+    with pytest.raises(ValueError, match="example_inputs must be a tensor or a tuple of tensors"):
+        onefit.export(model, tmp_path / "m.onnx", ("not a tensor",))
+    with pytest.raises(ValueError, match="cannot run layers below 8 bits"):
+        onefit.export(model, tmp_path / "m.onnx", (torch.randn(1, 4),), quantize="int8", bits={"fc": 4})
+    assert not list(tmp_path.iterdir())
+
+
+def test_low_rank_and_attention_layers_refuse_what_they_cannot_do():
+    from onefit.elastic.attention import ElasticMultiheadAttention
+    from onefit.elastic.lowrank import ElasticLowRankConv, ElasticLowRankLinear
+
+    with pytest.raises(ValueError, match="grouped convolution cannot be factorized"):
+        ElasticLowRankConv.from_dense(nn.Conv2d(4, 4, 3, groups=2), (1, 2))
+    layer = ElasticLowRankLinear.from_dense(nn.Linear(4, 3), (1, 3))
+    with pytest.raises(ValueError, match="got 6 inputs, holds only 4"):
+        layer(torch.randn(2, 6))
+    assert "rank 3" in repr(layer)
+    with pytest.raises(TypeError, match="equal q/k/v widths"):
+        ElasticMultiheadAttention.from_plain(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
+    attention = ElasticMultiheadAttention.from_plain(nn.MultiheadAttention(8, 2, batch_first=True))
+    x = torch.randn(1, 3, 8)
+    with pytest.raises(ValueError, match="masks are not supported"):
+        attention(x, x, x, attn_mask=torch.zeros(3, 3, dtype=torch.bool))
