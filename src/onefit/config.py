@@ -47,6 +47,17 @@ def _frozen(value):
     return value
 
 
+def _kernels(values) -> tuple[int, ...]:
+    """Kernel sizes: odd integers >= 1, sorted."""
+    if isinstance(values, (int, str)) or not values:
+        raise ValueError(f"ElasticConfig.kernel: a non-empty tuple of odd kernel sizes such as (3, 5), got {values!r}")
+    bad = [k for k in values if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0]
+    if bad:
+        raise ValueError(f"ElasticConfig.kernel: kernel sizes must be odd positive integers (1, 3, 5, 7, ...), "
+                         f"got {list(bad)}")
+    return tuple(sorted(set(values)))
+
+
 def _pairs(value) -> tuple:
     """``{pattern: choices}`` or ``((pattern, choices), ...)`` (as JSON brings it back) as pairs."""
     return tuple(value.items() if isinstance(value, Mapping) else value)
@@ -73,6 +84,9 @@ class ElasticConfig:
     reason is in ``onefit.inspect``); None: no rank dimensions.
     rank_layers: overrides as ``{pattern: fractions}``, first match wins; ``(1.0,)`` keeps a layer
     dense, and an override gives a layer a rank dimension even when ``rank`` is None.
+    kernel: smaller odd kernel sizes offered to every convolution with a larger square kernel
+    (Once-for-All; ``onefit.dims.kernel``), e.g. ``(3, 5)`` for 7 x 7 layers; None: no kernel
+    dimensions. kernel_layers: patterns of the layers that get them (default: every one).
     options: settings of dimension kinds registered from outside onefit, as ``{kind: value}``
     (JSON values); a kind reads its own with ``config.option(kind, default)``.
     """
@@ -86,6 +100,8 @@ class ElasticConfig:
     activation_bits: int | None = None
     rank: tuple[float, ...] | None = None
     rank_layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    kernel: tuple[int, ...] | None = None
+    kernel_layers: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -109,6 +125,11 @@ class ElasticConfig:
         ranks = tuple((str(p), _fractions(f, f"ElasticConfig.rank_layers[{p!r}]", "rank")) for p, f in _pairs(self.rank_layers))
         object.__setattr__(self, "rank_layers", ranks)
         object.__setattr__(self, "options", tuple((str(k), _frozen(v)) for k, v in _pairs(self.options)))
+        if self.kernel is not None:
+            object.__setattr__(self, "kernel", _kernels(self.kernel))
+        if isinstance(self.kernel_layers, str):
+            raise ValueError(f"ElasticConfig.kernel_layers: a tuple of layer patterns, got {self.kernel_layers!r}")
+        object.__setattr__(self, "kernel_layers", tuple(str(p) for p in self.kernel_layers))
         if self.activation_bits is not None:
             self._check_activation_bits()
 
@@ -159,6 +180,10 @@ class ElasticConfig:
         if fractions is None:
             return None
         return tuple(sorted({max(1, round(f * full_rank)) for f in fractions} | {full_rank}))
+
+    def kernel_allowed(self, layer: str) -> bool:
+        """Whether ``layer`` may get a kernel dimension: every layer, or those ``kernel_layers`` matches."""
+        return not self.kernel_layers or any(fnmatchcase(layer, p) for p in self.kernel_layers)
 
     def option(self, kind: str, default: Any = None) -> Any:
         """The ``options`` entry of dimension kind ``kind``, or ``default``."""

@@ -16,8 +16,8 @@ A kind is one class (one file) that, given the family's plan and config:
 Every hook has a do-nothing default. Register with ``@register_kind``; the order of registration
 is the order of the dimensions in a space (``tests/test_extensions.py`` adds a kind of its own).
 
->>> list(KINDS)[:4]  # onefit's own, in their order; yours come after
-['width', 'depth', 'bits', 'rank']
+>>> list(KINDS)[:5]  # onefit's own, in their order; yours come after
+['width', 'depth', 'kernel', 'bits', 'rank']
 """
 
 from __future__ import annotations

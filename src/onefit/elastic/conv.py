@@ -75,8 +75,12 @@ class ElasticConv(ElasticLayer, nn.Module):
             groups = self.groups  # grouped convs that do not pass width are kept at full width
             weight = self.weight[:out, : n_in // groups] if self.in_index is None else self.weight[:out, self.in_index]
         bias = None if self.bias is None else self.bias[:out]
+        options = self.options
+        transform = self._modules.get("kernel_transform")  # set by onefit.dims.kernel, if anywhere
+        if transform is not None:  # a smaller kernel: the centre, transformed, less padding
+            weight, options = transform(weight, options)
         x, weight = fake_quantize(self, x, weight)
-        return self._conv(x, weight, bias, groups=groups, **self.options)
+        return self._conv(x, weight, bias, groups=groups, **options)
 
     def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Module:
         if self.passes_width:

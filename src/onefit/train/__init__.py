@@ -8,6 +8,7 @@ from onefit.train.loop import train, train_plain
 from onefit.train.noise import GradientNoise
 from onefit.train.ordered_rank import OrderedRankConfig, OrderedRankRecipe
 from onefit.train.plain import PlainConfig, PlainRecipe
+from onefit.train.progressive import ProgressiveShrinkingConfig, ProgressiveShrinkingRecipe
 from onefit.train.quantized import QuantizedDistillationConfig, QuantizedDistillationRecipe
 from onefit.train.recipe import RECIPES, Recipe, recipe_from, register_recipe
 from onefit.train.sampler import SandwichSampler, uniform_bits
@@ -24,6 +25,8 @@ __all__ = [
     "OrderedRankRecipe",
     "PlainConfig",
     "PlainRecipe",
+    "ProgressiveShrinkingConfig",
+    "ProgressiveShrinkingRecipe",
     "QuantizedDistillationConfig",
     "QuantizedDistillationRecipe",
     "Recipe",

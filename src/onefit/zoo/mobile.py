@@ -21,13 +21,15 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """Sandler et al. 2018: 1x1 expand, depthwise 3x3, optional SE, 1x1 project; residual when shapes match."""
+    """Sandler et al. 2018: 1x1 expand, depthwise k x k (3 by default), optional SE, 1x1 project;
+    residual when shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, se: bool = False, act: type = nn.ReLU6):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, se: bool = False, act: type = nn.ReLU6,
+                 kernel: int = 3):
         super().__init__()
         hidden = cin * expand
         self.expand = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act())
-        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
                                        nn.BatchNorm2d(hidden), act())
         self.se = SqueezeExcite(hidden) if se else nn.Identity()
         self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
@@ -39,13 +41,14 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNet(nn.Module):
-    def __init__(self, in_channels: int, stages: tuple, classes: int, se: bool, act: type, stem: int = 16):
+    def __init__(self, in_channels: int, stages: tuple, classes: int, se: bool, act: type, stem: int = 16,
+                 kernel: int = 3):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), act())
         blocks, cin = [], stem
         for cout, n, stride, expand in stages:
             blocks.append(nn.Sequential(*[InvertedResidual(cin if i == 0 else cout, cout, stride if i == 0 else 1,
-                                                           expand, se, act) for i in range(n)]))
+                                                           expand, se, act, kernel) for i in range(n)]))
             cin = cout
         self.stages = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Conv2d(cin, 4 * cin, 1, bias=False), nn.BatchNorm2d(4 * cin), act())
@@ -61,5 +64,7 @@ def mobilenet_v2(in_channels: int = 1, classes: int = 10) -> MobileNet:
     return MobileNet(in_channels, ((16, 2, 1, 4), (24, 3, 2, 4), (32, 3, 2, 4)), classes, se=False, act=nn.ReLU6)
 
 
-def mobilenet_v3(in_channels: int = 1, classes: int = 10) -> MobileNet:
-    return MobileNet(in_channels, ((16, 2, 1, 4), (24, 3, 2, 4), (40, 2, 2, 4)), classes, se=True, act=nn.Hardswish)
+def mobilenet_v3(in_channels: int = 1, classes: int = 10, kernel: int = 3) -> MobileNet:
+    """``kernel``: the depthwise kernel size (7 for a family with kernel choices 3, 5, 7)."""
+    return MobileNet(in_channels, ((16, 2, 1, 4), (24, 3, 2, 4), (40, 2, 2, 4)), classes, se=True, act=nn.Hardswish,
+                     kernel=kernel)

@@ -1,0 +1,67 @@
+"""Progressive shrinking: the phases sample only what they have released, in order; a schedule
+naming a kind the family lacks is refused; a run stopped inside a phase resumes exactly."""
+
+import pytest
+import torch
+
+import onefit
+from onefit.train import ProgressiveShrinkingConfig, ProgressiveShrinkingRecipe
+from test_recipe_contract import StopsAfter
+
+
+def kernel_family(seed=0):
+    torch.manual_seed(seed)
+    config = onefit.ElasticConfig(width=(0.5, 1.0), kernel=(3, 5))
+    return onefit.elasticize(onefit.zoo.mobilenet_v3(kernel=7), (torch.randn(1, 1, 8, 8),), config)
+
+
+def batches(n=3):
+    g = torch.Generator().manual_seed(0)
+    return [(torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(n)]
+
+
+def test_each_phase_samples_only_what_it_released(monkeypatch):
+    family = kernel_family()
+    recipe = ProgressiveShrinkingRecipe(ProgressiveShrinkingConfig(phase_steps=1))
+    assert recipe.schedule(family) == [(), ("kernel",), ("depth",), ("width",)]
+    seen = []
+    from onefit.train import progressive
+
+    def record(family, archs, batch, config, teacher=None, task=None):
+        seen.append(archs)
+        return [1.0] * len(archs)
+
+    monkeypatch.setattr(progressive, "nested_backward", record)
+    optimizer = torch.optim.SGD(family.parameters(), lr=0.0)
+    for _ in range(4):
+        recipe.step(family, batches(1)[0], optimizer)
+    top = family.space.max()
+    assert seen[0] == [top]  # the full network alone
+    changed = [{k.split(":")[0] for a in archs for k in a if a[k] != top[k]} for archs in seen[1:]]
+    assert changed == [{"kernel"}, {"kernel", "depth"}, {"kernel", "depth", "width"}]
+
+
+def test_a_schedule_naming_a_kind_the_family_lacks_is_refused():
+    family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (torch.randn(2, 1, 8, 8),))
+    recipe = ProgressiveShrinkingRecipe(ProgressiveShrinkingConfig(phases=(("kernel",), ("width",))))
+    with pytest.raises(ValueError, match=r"names \['kernel'\], which this family does not have; its dimension kinds are \['width'\]"):
+        recipe.step(family, batches(1)[0], torch.optim.SGD(family.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="phase_steps: non-negative"):
+        ProgressiveShrinkingConfig(phase_steps=(-1,))
+    with pytest.raises(ValueError, match="phases: a non-empty tuple"):
+        ProgressiveShrinkingConfig(phases=())
+
+
+def test_a_run_stopped_inside_a_phase_resumes_exactly(tmp_path):
+    config = ProgressiveShrinkingConfig(phase_steps=(2, 2, 2))  # phases change inside the epochs
+    whole = kernel_family()
+    onefit.train(whole, batches(), ProgressiveShrinkingRecipe(config), epochs=3, checkpoint=tmp_path / "a", progress=False)
+    stopped = kernel_family()
+    with pytest.raises(KeyboardInterrupt):
+        onefit.train(stopped, StopsAfter(batches(), 1), ProgressiveShrinkingRecipe(config), epochs=3,
+                     checkpoint=tmp_path / "b", progress=False)
+    resumed = kernel_family(seed=1)
+    onefit.train(resumed, batches(), ProgressiveShrinkingRecipe(config), epochs=3, checkpoint=tmp_path / "b",
+                 progress=False)
+    a, b = whole.module.state_dict(), resumed.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
