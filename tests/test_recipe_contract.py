@@ -15,8 +15,13 @@ CONFIG = onefit.ElasticConfig(width=(0.5, 1.0), bits=(4, 8), rank_layers={"4": (
 
 
 def target_for(recipe, seed=0):
+    """A family (most recipes), its largest sub-model as a plain module, or a chain of students."""
     torch.manual_seed(seed)
     family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=2), (torch.randn(2, 1, 8, 8),), CONFIG)
+    if recipe.trains == "chain":
+        from onefit.train import Chain
+
+        return Chain([onefit.zoo.mlp(hidden=8, layers=1), onefit.zoo.mlp(hidden=8, layers=1)], family.example_inputs)
     return family if recipe.trains == "family" else family.extract(family.space.max())
 
 

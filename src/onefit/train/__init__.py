@@ -3,6 +3,7 @@ the one loop around any recipe's step."""
 
 from onefit.tasks import DataError, evaluate
 from onefit.train.bn import recalibrate_bn
+from onefit.train.chain import Chain, ProgressiveDistillationConfig, ProgressiveDistillationRecipe, distill_chain
 from onefit.train.differentiable_quantization import DifferentiableQuantizationConfig, DifferentiableQuantizationRecipe, learn_points
 from onefit.train.loop import train, train_plain
 from onefit.train.noise import GradientNoise
@@ -17,6 +18,7 @@ from onefit.train.trp import TRPConfig, TRPRecipe
 
 __all__ = [
     "RECIPES",
+    "Chain",
     "DataError",
     "DifferentiableQuantizationConfig",
     "DifferentiableQuantizationRecipe",
@@ -25,6 +27,8 @@ __all__ = [
     "OrderedRankRecipe",
     "PlainConfig",
     "PlainRecipe",
+    "ProgressiveDistillationConfig",
+    "ProgressiveDistillationRecipe",
     "ProgressiveShrinkingConfig",
     "ProgressiveShrinkingRecipe",
     "QuantizedDistillationConfig",
@@ -35,6 +39,7 @@ __all__ = [
     "SortedNetRecipe",
     "TRPConfig",
     "TRPRecipe",
+    "distill_chain",
     "evaluate",
     "learn_points",
     "recalibrate_bn",
