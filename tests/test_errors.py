@@ -42,8 +42,8 @@ def test_elastic_config_options_and_json_round_trip():
 
 def test_family_kinds_and_restrictions_are_checked():
     family = small_family()
-    with pytest.raises(KeyError, match="no dimension kind 'kernel'"):
-        family.kind("kernel")
+    with pytest.raises(KeyError, match="no dimension kind 'tokens'"):
+        family.kind("tokens")
     dim = family.space["width:1"]
     wider = onefit.Space([onefit.Dimension(dim.name, dim.kind, (*dim.choices, dim.choices[-1] * 2))])
     with pytest.raises(ValueError, match="with choices left out"):
