@@ -37,5 +37,12 @@ coverage: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --cov=onefit --cov-branch --cov-report=json:.coverage.json
 	$(PY) bench/coverage_lines.py .coverage.json
 
+# Mutation testing of the core (modules and test selection: [tool.mutmut] in pyproject.toml); mutmut keeps its
+# results in mutants/ and reruns only what changed; the score and the survivors go to bench/results/mutants.md.
+mutants: $(STAMP)
+	$(PIP) -e '.[mutants]'
+	start=$$(date +%s); OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/mutmut run --max-children 2 && \
+	  $(PY) bench/mutants_report.py --seconds $$(( $$(date +%s) - start ))
+
 clean:
 	rm -rf .venv runs .pytest_cache mutants .coverage .coverage.json
