@@ -22,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/nested_vs_individual.py
 	$(PY) bench/gradient_noise.py
+	$(PY) bench/kernel.py
+	$(PY) bench/progressive_distillation.py
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py

@@ -6,6 +6,9 @@ Every model is evaluated after its batch-norm statistics are re-estimated on 20 
   (a)    the family trained from scratch with SortedNet (sandwich of 4, in-place distillation),
          each sub-model extracted
   (a')   the same with labels only (no distillation)
+  (a'')  the family trained with Once-for-All progressive shrinking at the same number of steps
+         and the same sandwich (the full network alone, then each dimension kind released in
+         turn, in-place distillation), the steps split evenly over its phases
   (b)    each sub-model's architecture trained alone, fresh init, same epochs, optimizer and
          cosine schedule
   (c)    prefix truncation of the normally trained full model (importance-sorted first, batch
@@ -14,12 +17,16 @@ over a width x depth grid of 8 sub-models.
 
     python bench/nested_vs_individual.py            # full run, writes bench/results/
     python bench/nested_vs_individual.py --quick    # a smoke run (used by the tests)
+
+Targets (issue 18): median gap (alone - family) <= 0.5 points on both tasks with whichever recipe
+is best; the largest sub-model within 0.3 points of the full model; family cost <= 3x one model's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -30,7 +37,8 @@ import torch
 
 import onefit
 from onefit.data import digits, mnist5k
-from onefit.train import SortedNetConfig, evaluate, recalibrate_bn, train_plain
+from onefit.train import (ProgressiveShrinkingConfig, ProgressiveShrinkingRecipe, SortedNetConfig, evaluate,
+                          recalibrate_bn, train_plain)
 from onefit.zoo import resnet
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,7 +48,18 @@ TASKS = {
     "mnist5k": (mnist5k, dict(in_channels=1, widths=(16, 32), blocks=(2, 2), stem_stride=2)),
 }
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
-VARIANTS = ("nested", "nested_labels")
+VARIANTS = ("nested", "nested_labels", "progressive")
+LABELS = {"nested": "a", "nested_labels": "a'", "progressive": "a''"}
+TITLES = {"nested": "nested, in-place KD", "nested_labels": "nested, labels only", "progressive": "progressive shrinking"}
+GAP_TARGET, LARGEST_TARGET, COST_TARGET = 0.5, -0.3, 3.0  # issue 18
+
+
+def make_recipe(variant: str, family, steps: int, seed: int):
+    """The recipe of ``variant``; progressive shrinking splits ``steps`` evenly over its phases."""
+    if variant == "progressive":
+        phases = len(ProgressiveShrinkingRecipe().schedule(family))
+        return ProgressiveShrinkingRecipe(ProgressiveShrinkingConfig(phase_steps=max(1, steps // phases), seed=seed))
+    return onefit.SortedNetRecipe(SortedNetConfig(distill="inplace" if variant == "nested" else "none", seed=seed))
 
 
 def grid_arch(space: onefit.Space, width: float, deepest: bool) -> dict:
@@ -82,10 +101,10 @@ def run_task(name: str, seed: int, epochs: int, archs_per_task: int, small: bool
     full_acc = evaluate(recalibrate_bn(full, train_data), test_data)
 
     families, family_seconds = {}, {}
-    for variant, distill in (("nested", "inplace"), ("nested_labels", "none")):
+    for variant in VARIANTS:
         torch.manual_seed(seed)
         family = onefit.elasticize(resnet(**kwargs), (example,))
-        recipe = onefit.SortedNetRecipe(SortedNetConfig(distill=distill, seed=seed))
+        recipe = make_recipe(variant, family, epochs * len(train_data), seed)
         optimizer = torch.optim.Adam(family.parameters(), lr=3e-3)
         t0 = time.perf_counter()
         onefit.train(family, train_data, recipe, epochs=epochs, optimizer=optimizer, progress=False)
@@ -107,30 +126,35 @@ def run_task(name: str, seed: int, epochs: int, archs_per_task: int, small: bool
         rows.append({"width": width, "depth": "max" if deepest else "min", **onefit.costs(family, arch),
                      **nested, "alone": alone, "truncated": cut})
         print(f"  {name} seed {seed} w={width} d={'max' if deepest else 'min'}: nested {nested['nested']:.1f} "
-              f"labels-only {nested['nested_labels']:.1f} alone {alone:.1f} truncated {cut:.1f}", flush=True)
+              f"labels-only {nested['nested_labels']:.1f} progressive {nested['progressive']:.1f} "
+              f"alone {alone:.1f} truncated {cut:.1f}", flush=True)
     return {"task": name, "seed": seed, "full_accuracy": full_acc, "full_seconds": full_seconds,
             "family_seconds": family_seconds["nested"], "family_labels_seconds": family_seconds["nested_labels"],
-            "rows": rows}
+            "family_progressive_seconds": family_seconds["progressive"], "rows": rows}
 
 
-def wall_time_ratios(name: str, rounds: int, small: bool = False) -> list[float]:
+def wall_time_ratios(name: str, rounds: int, small: bool = False) -> dict[str, list[float]]:
     """Family epoch time over full-model epoch time, measured back to back ``rounds`` times, so
-    that whatever else the machine does weighs on both sides alike."""
+    that whatever else the machine does weighs on both sides alike: SortedNet ("nested"), and
+    progressive shrinking ("progressive") with its phases squeezed into the one epoch, so that the
+    epoch holds each phase in the share it has in the full run."""
     load, kwargs = TASKS[name]
     if small:
         kwargs = {**kwargs, "widths": (8, 16), "blocks": (2, 2)}
     train_data, test_data = load(batch_size=64, seed=0)
     example = next(iter(test_data))[0][:1]
     train_plain(resnet(**kwargs), list(train_data)[:3], 1, progress=False)  # warm-up
-    ratios = []
+    ratios = {"nested": [], "progressive": []}
     for _ in range(rounds):
         t0 = time.perf_counter()
         train_plain(resnet(**kwargs), train_data, 1, progress=False)
         full = time.perf_counter() - t0
-        family = onefit.elasticize(resnet(**kwargs), (example,))
-        t0 = time.perf_counter()
-        onefit.train(family, train_data, onefit.SortedNetRecipe(), epochs=1, progress=False)
-        ratios.append((time.perf_counter() - t0) / full)
+        for variant in ratios:
+            family = onefit.elasticize(resnet(**kwargs), (example,))
+            recipe = make_recipe(variant, family, len(train_data), 0)
+            t0 = time.perf_counter()
+            onefit.train(family, train_data, recipe, epochs=1, progress=False)
+            ratios[variant].append((time.perf_counter() - t0) / full)
     return ratios
 
 
@@ -140,7 +164,12 @@ def spread(values: list[float]) -> str:
     return f"{mean:.1f} ± {sd:.1f}"
 
 
-def summarize(runs: list[dict], ratios_by_task: dict[str, list[float]]) -> dict:
+def median_range(values: list[float]) -> tuple[float, list[float]]:
+    nan = float("nan")
+    return (statistics.median(values), [min(values), max(values)]) if values else (nan, [nan, nan])
+
+
+def summarize(runs: list[dict], ratios_by_task: dict[str, dict[str, list[float]]]) -> dict:
     summary = {}
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
@@ -150,37 +179,89 @@ def summarize(runs: list[dict], ratios_by_task: dict[str, list[float]]) -> dict:
                for v in VARIANTS},
             **{f"largest_{v}_minus_full": statistics.median(r["rows"][-1][v] - r["full_accuracy"] for r in mine)
                for v in VARIANTS},
-            "family_over_full_wall_time": statistics.median(ratios),
-            "wall_time_ratio_range": [min(ratios), max(ratios)],
-            "wall_time_ratios": ratios,
+            "family_over_full_wall_time": median_range(ratios["nested"])[0],
+            "wall_time_ratio_range": median_range(ratios["nested"])[1],
+            "wall_time_ratios": ratios["nested"],
+            "progressive_over_full_wall_time": median_range(ratios["progressive"])[0],
+            "progressive_wall_time_ratio_range": median_range(ratios["progressive"])[1],
+            "progressive_wall_time_ratios": ratios["progressive"],
         }
+        best = min(VARIANTS, key=lambda v: summary[task][f"median_gap_alone_minus_{v}"])
+        summary[task]["best_recipe"] = best
+    summary_targets(summary)
     return summary
+
+
+def cost(s: dict, variant: str) -> float:
+    """The wall-time ratio of ``variant``: labels-only SortedNet costs what SortedNet costs, less the KL term."""
+    return s["progressive_over_full_wall_time" if variant == "progressive" else "family_over_full_wall_time"]
+
+
+def summary_targets(summary: dict) -> None:
+    """Issue 18's targets, met or missed, per task (the recipe with the smallest median gap) and
+    over both tasks (one recipe meeting the gap target on every task)."""
+    for task, s in summary.items():
+        best = s["best_recipe"]
+        s["targets"] = {
+            "recipe": best,
+            "median_gap_le_0.5": s[f"median_gap_alone_minus_{best}"] <= GAP_TARGET,
+            "largest_within_0.3": s[f"largest_{best}_minus_full"] >= LARGEST_TARGET,
+            "cost_le_3x": cost(s, best) <= COST_TARGET,
+        }
+
+
+def mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
 
 
 def markdown(result: dict) -> str:
     timing = f" Wall times: `{result['timing_command']}`." if "timing_command" in result else ""
+    note = f"\n{result['note']}\n" if result.get("note") else ""
     lines = [f"# Nested vs individual training\n\n`{result['command']}` on {result['machine']}, "
-             f"{result['epochs']} epochs, seeds {result['seeds']}. Accuracy in %, mean ± std over seeds.{timing}\n"]
+             f"{result['epochs']} epochs, seeds {result['seeds']}. Accuracy in %, mean ± std over seeds.{timing}\n"
+             f"{note}\n"
+             f"(a'') progressive shrinking: the same number of steps as (a), each a sandwich of 4 (largest, "
+             f"smallest, 2 random) over the dimensions released so far, with in-place distillation; the steps "
+             f"split evenly over its phases (the full network alone, then depth, then width). Targets (issue 18): "
+             f"median gap ≤ {GAP_TARGET} points on both tasks with whichever recipe is best; largest sub-model "
+             f"within {-LARGEST_TARGET} points of the full model; family cost ≤ {COST_TARGET:.0f}× one model's.\n"]
     for task, s in result["summary"].items():
         lines.append(f"\n## {task}\n")
-        lines.append("| width | depth | params | MACs | (a) nested, in-place KD | (a') nested, labels only "
-                     "| (b) alone | (c) truncated |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| width | depth | params | MACs | "
+                     + " | ".join(f"({LABELS[v]}) {TITLES[v]}" for v in VARIANTS) + " | (b) alone | (c) truncated |")
+        lines.append("|---|---|---:|---:|" + "---:|" * (len(VARIANTS) + 2))
         mine = [r for r in result["runs"] if r["task"] == task]
         for i, row in enumerate(mine[0]["rows"]):
             col = {k: spread([r["rows"][i][k] for r in mine]) for k in (*VARIANTS, "alone", "truncated")}
             lines.append(f"| {row['width']:.0%} | {row['depth']} | {row['params']:,} | {row['macs']:,} | "
-                         f"{col['nested']} | {col['nested_labels']} | {col['alone']} | {col['truncated']} |")
+                         + " | ".join(col[v] for v in VARIANTS) + f" | {col['alone']} | {col['truncated']} |")
         full = spread([r["full_accuracy"] for r in mine])
         lines.append(f"\nFull model trained normally: {full}.\n")
-        for v, label in (("nested", "a"), ("nested_labels", "a'")):
-            lines.append(f"- median gap (b − {label}): **{s[f'median_gap_alone_minus_{v}']:+.2f}** points "
-                         f"(target ≤ 1.0); largest sub-model of ({label}) − full model: "
-                         f"**{s[f'largest_{v}_minus_full']:+.2f}** points (target ≥ −0.5)")
-        lo, hi = s["wall_time_ratio_range"]
-        lines.append(f"- family (a) wall time ÷ full model, per epoch, median of {len(s['wall_time_ratios'])} "
-                     f"back-to-back rounds: **{s['family_over_full_wall_time']:.2f}×** (range {lo:.2f}–{hi:.2f}; "
-                     f"target ≤ 3×)")
+        for v in VARIANTS:
+            label, gap, largest = LABELS[v], s[f"median_gap_alone_minus_{v}"], s[f"largest_{v}_minus_full"]
+            lines.append(f"- ({label}) {TITLES[v]}: median gap (b − {label}) **{gap:+.2f}** points (target ≤ "
+                         f"{GAP_TARGET}: {mark(gap <= GAP_TARGET)}); largest sub-model − full model **{largest:+.2f}** "
+                         f"points (target ≥ −{-LARGEST_TARGET}: {mark(largest >= LARGEST_TARGET)})")
+        for key, label in (("", "(a) SortedNet"), ("progressive_", "(a'') progressive shrinking")):
+            lo, hi = s[f"{key}wall_time_ratio_range"]
+            ratio = s[f"{key}over_full_wall_time" if key else "family_over_full_wall_time"]
+            rounds = len(s[f"{key}wall_time_ratios"])
+            lines.append(f"- family {label} wall time ÷ full model, per epoch, median of {rounds} back-to-back rounds: "
+                         f"**{ratio:.2f}×** (range {lo:.2f}–{hi:.2f}; target ≤ {COST_TARGET:.0f}×: "
+                         f"{mark(ratio <= COST_TARGET)})")
+        t = s["targets"]
+        lines.append(f"- best recipe by median gap: ({LABELS[t['recipe']]}) {TITLES[t['recipe']]}: gap "
+                     f"{mark(t['median_gap_le_0.5'])}, largest {mark(t['largest_within_0.3'])}, cost "
+                     f"{mark(t['cost_le_3x'])}")
+    tasks = list(result["summary"])
+    both = [v for v in VARIANTS if all(result["summary"][t][f"median_gap_alone_minus_{v}"] <= GAP_TARGET for t in tasks)]
+    lines.append(f"\n## Targets over {' and '.join(tasks)}\n")
+    lines.append(f"- median gap ≤ {GAP_TARGET} on every task: "
+                 + (f"met by {', '.join(f'({LABELS[v]})' for v in both)}" if both else "**missed** by every recipe")
+                 + "; per task, best: " + "; ".join(
+                     f"{t} ({LABELS[result['summary'][t]['best_recipe']]}) "
+                     f"{result['summary'][t]['median_gap_alone_minus_' + result['summary'][t]['best_recipe']]:+.2f}"
+                     for t in tasks))
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +282,27 @@ def retime(out: Path) -> dict:
     return result
 
 
+def merge(dirs: list[Path], out: Path, command: str, note: str) -> dict:
+    """One result from runs made apart (tasks or seeds in separate processes, same epochs): runs
+    concatenated, the wall-time rounds of every part pooled."""
+    parts = [json.loads((d / "nested_vs_individual.json").read_text()) for d in dirs]
+    if len({p["epochs"] for p in parts}) != 1:
+        raise ValueError(f"merge: the parts ran different epochs: {[p['epochs'] for p in parts]}")
+    runs = [r for p in parts for r in p["runs"]]
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for p in parts:
+        for task, s in p["summary"].items():
+            mine = ratios.setdefault(task, {"nested": [], "progressive": []})
+            mine["nested"] += s["wall_time_ratios"]
+            mine["progressive"] += s["progressive_wall_time_ratios"]
+    parts_line = "Parts: " + "; ".join(f"`{p['command']}`" for p in parts) + "."
+    result = {"command": command, "machine": parts[0]["machine"], "epochs": parts[0]["epochs"],
+              "seeds": sorted({r["seed"] for r in runs}), "note": " ".join(x for x in (note, parts_line) if x),
+              "runs": runs, "summary": summarize(runs, ratios)}
+    write(result, out)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -208,21 +310,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="1 epoch, 1 seed, 2 sub-models, digits only")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--timing-rounds", type=int, default=5, help="back-to-back wall-time rounds per task")
+    parser.add_argument("--merge", type=Path, nargs="+", help="merge the results in these folders into --out")
+    parser.add_argument("--note", default="", help="a line for the markdown (what a reduced run left out)")
     parser.add_argument("--timing-only", action="store_true",
                         help="re-measure only the wall-time ratios, into the results already in --out")
     args = parser.parse_args(argv)
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if args.timing_only:
         return retime(args.out)
+    if args.merge:
+        return merge(args.merge, args.out, "python bench/nested_vs_individual.py "
+                     + " ".join(argv if argv is not None else sys.argv[1:]), args.note)
     archs = 8
     if args.quick:
         args.tasks, args.seeds, args.epochs, archs = ["digits"], [0], 1, 2
     runs = [run_task(task, seed, args.epochs, archs, args.quick) for task in args.tasks for seed in args.seeds]
-    ratios = {task: wall_time_ratios(task, 1 if args.quick else 5, args.quick) for task in args.tasks}
+    rounds = 1 if args.quick else args.timing_rounds
+    ratios = {task: wall_time_ratios(task, rounds, args.quick) if rounds else {"nested": [], "progressive": []}
+              for task in args.tasks}
     result = {
         "command": "python bench/nested_vs_individual.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         "epochs": args.epochs,
         "seeds": args.seeds,
+        "note": args.note,
         "runs": runs,
         "summary": summarize(runs, ratios),
     }

@@ -81,3 +81,15 @@ def test_gradient_noise_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     markdown = (tmp_path / "gradient_noise.md").read_text()
     assert set(saved["summary"]) == {"0.0", "1.0"} and len(saved["runs"]) == 2  # no noise and eta 1, one seed
     assert "| eta |" in markdown and saved["command"].startswith("python bench/gradient_noise.py")
+
+
+def test_kernel_and_progressive_distillation_benchmarks_quick_runs(tmp_path):
+    import kernel
+    import progressive_distillation
+
+    kernel.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "kernel.json").read_text())
+    assert saved["runs"] and "| kernel | width |" in (tmp_path / "kernel.md").read_text()
+    progressive_distillation.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "progressive_distillation.json").read_text())
+    assert saved["runs"] and "| k | students |" in (tmp_path / "progressive_distillation.md").read_text()
