@@ -175,22 +175,28 @@ def inspect_command(
         console.print(f"weights take {report.weight_bytes_min:,} to {report.weight_bytes_max:,} bytes")
 
 
-def _load_data(run: Path, data: str | None, trust_code: bool):
-    """(train, test) loaders: from ``--data`` (the caller's own code), else the factory the run's
-    config.json names (onefit's own, or any with ``--trust-code``), else (None, None)."""
-    from onefit.trust import import_path, resolve
-
-    if data is not None:
-        return import_path(data, "data factory")()
+def _run_config(run: Path) -> dict:
+    """The run folder's config.json as a dict ({} when there is none)."""
     path = run / "config.json"
     if not path.exists():
-        return None, None
+        return {}
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CommandError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or "data" not in config:
+    return config if isinstance(config, dict) else {}
+
+
+def _load_data(run: Path, data: str | None, trust_code: bool, config: dict):
+    """(train, test) loaders: from ``--data`` (the caller's own code), else the factory the run's
+    ``config`` names (onefit's own, or any with ``--trust-code``), else (None, None)."""
+    from onefit.trust import import_path, resolve
+
+    if data is not None:
+        return import_path(data, "data factory")()
+    if "data" not in config:
         return None, None
+    path = run / "config.json"
     kwargs = config.get("data_kwargs", {})
     if not isinstance(kwargs, dict):
         raise CommandError(f"{path}: data_kwargs must be a JSON object, got {type(kwargs).__name__}")
@@ -248,7 +254,7 @@ def export_command(
         else:
             budget = {k: v for k, v in (("params", params), ("macs", macs)) if v is not None}
             chosen = onefit.largest_within(family, **budget) if budget else family.space.max()
-        train_data, test_data = _load_data(run, data, trust_code)
+        train_data, test_data = _load_data(run, data, trust_code, _run_config(run))
         module = _recalibrated(family.extract(chosen), train_data, keep_bn_statistics)
         example = family.example_inputs[0]
         target = run / "models" / f"{name}{'-int8' if int8 else ''}.onnx"
@@ -305,10 +311,11 @@ def search_command(
     constraints = _parse_constraints(constraint)
     with _failures():
         family = onefit.load(run / "family", trust_code=trust_code)
-        train_data, _ = _load_data(run, data, trust_code)
+        config = _run_config(run)
+        train_data, _ = _load_data(run, data, trust_code, config)
         if train_data is None:
             raise CommandError(f"{run / 'config.json'} names no data to evaluate sub-models on; pass --data")
-        seed_of_split = json.loads((run / "config.json").read_text()).get("seed", 0) if data is None else 0
+        seed_of_split = config.get("seed", 0) if data is None else 0
         fit_data, val_data = validation_split(train_data, seed=seed_of_split)
         try:
             problem = family_problem(family, val_data, calibration=fit_data, objectives=objectives.split(","),

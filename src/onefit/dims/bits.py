@@ -57,7 +57,7 @@ class BitsKind(Kind):
     def values(self, family, arch) -> dict[str, int]:
         """Bit-width of every layer with a bits dimension in ``arch``, leaving out the layers in
         blocks ``arch`` skips (they are not in the sub-model)."""
-        skipped = family.skipped(family.space.complete(arch))
+        skipped = family.skipped(arch)  # completes the arch itself
         return {name: arch[f"bits:{name}"] for name in family.quantizable
                 if f"bits:{name}" in arch and not f"{name}.".startswith(skipped)}
 

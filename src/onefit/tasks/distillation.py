@@ -58,9 +58,9 @@ class DistillationTask(Task):
             out, want = predict(inputs), self.target(inputs)
             if self.kind == "cosine":
                 total += torch.nn.functional.cosine_similarity(out.flatten(1), want.flatten(1), dim=1).sum().item()
-            else:
-                total += 100.0 * (out.argmax(-1) == want.argmax(-1)).float().flatten(1).mean(1).sum().item() \
-                    if out.dim() > 2 else 100.0 * (out.argmax(-1) == want.argmax(-1)).sum().item()
+            else:  # the share of each sample's positions (one, or its tokens) where the top outputs agree
+                agree = (out.argmax(-1) == want.argmax(-1)).float()
+                total += 100.0 * agree.reshape(len(agree), -1).mean(1).sum().item()
             count += len(inputs[0])
         return total / max(count, 1)
 

@@ -26,6 +26,7 @@ from onefit.tasks import ClassificationTask, Task, first_output
 from onefit.train import rng
 from onefit.train.noise import GradientNoise
 from onefit.train.recipe import Recipe
+from onefit.train.sorted import SortedNetRecipe
 
 
 def output_size(model: nn.Module, example_inputs: tuple, task: Task) -> int | None:
@@ -67,8 +68,6 @@ def train(
     is checked against the task (format, shape, dtype, labels in range). Returns the per-epoch
     history (kept on a family as ``family.history``).
     """
-    from onefit.train.sorted import SortedNetRecipe
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     recipe = recipe if recipe is not None else SortedNetRecipe()
