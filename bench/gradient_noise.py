@@ -161,8 +161,8 @@ def markdown(result: dict) -> str:
         label = "0 (none)" if float(eta) == 0 else f"{float(eta):g}"
         lines.append(f"| {label} | " + " | ".join(cells + deltas) + " |")
     lines.append(f"\nNoise: N(0, eta / (1 + t)^0.55) on every gradient, t the optimizer step "
-                 f"({result['steps_per_epoch']} steps per epoch); the noise generator has onefit's fixed seed 0 for "
-                 "every run, so only the data order, initialisation and sub-model sampling change with the seed.")
+                 f"({result['steps_per_epoch']} steps per epoch); the noise generator is seeded with the recipe's "
+                 "seed, so the noise changes with the seed too, as do the data order, initialisation and sub-models.")
     lines.append(f"\nVerdict on the median sub-model accuracy, per eta (a difference counts only when every seed "
                  f"moves the same way and the mean moves by more than the no-noise seed spread): "
                  f"{verdict(result['summary'])}.")
