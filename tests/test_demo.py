@@ -5,32 +5,36 @@ from typer.testing import CliRunner
 
 from conftest import said
 from onefit.cli import app
-from onefit.demo import DemoConfig, run_demo
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo") / "run"
-    return folder, run_demo(folder, DemoConfig(pretrain_epochs=1, family_epochs=1, rows=8, widths=(8, 16), blocks=(2, 2),
-                                        search_budget=12), progress=False)
+    out = CliRunner().invoke(app, ["demo", "--out", str(folder), "--pretrain-epochs", "1", "--family-epochs", "1",
+                                   "--set", "search.budget=12", "--set", "model.kwargs.widths=[8, 16]",
+                                   "--set", "model.kwargs.blocks=[2, 2]", "--set", "export.max_models=3",
+                                   "--set", "targets.repeats=3", "--quiet"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    return folder, out.output
 
 
-def test_demo_tabulates_sub_models_from_smallest_to_largest(demo_run):
-    folder, result = demo_run
-    rows = result["rows"]
-    assert len(rows) == 8
-    assert [r["params"] for r in rows] == sorted(r["params"] for r in rows)
-    assert rows[0]["params"] < rows[-1]["params"] / 5
-    assert all(0 <= r["accuracy"] <= 100 and r["latency_b1"]["median_ms"] > 0 for r in rows)
-    saved = json.loads((folder / "table.json").read_text())
-    assert saved["rows"] == json.loads(json.dumps(rows))
-    assert (folder / "config.json").exists() and (folder / "family" / "family.json").exists()
+def test_the_demo_is_onefit_run_on_the_bundled_config_and_shows_what_it_exported(demo_run):
+    folder, output = demo_run
+    record = json.loads((folder / "run.json").read_text())
+    assert all("finished" in s for s in record["stages"].values()) and len(record["stages"]) == 6
+    assert record["config"]["train"]["epochs"] == 1 and record["config"]["model"]["zoo"] == "resnet"
+    manifest = json.loads((folder / "models" / "manifest.json").read_text())
+    files = [f["file"] for m in manifest["models"] for f in m["files"]]
+    assert len(manifest["models"]) >= 3 and all(name in output for name in files)
+    assert "front: " in output and "of 12 evaluated" in output
+    assert (folder / "report.html").exists() and (folder / "config.toml").read_text().startswith("# onefit run")
 
 
 def test_cli_exports_a_sub_model_from_the_demo_run(demo_run):
-    folder, result = demo_run
+    folder, _ = demo_run
     runner = CliRunner()
-    budget = result["rows"][4]["params"]
+    models = json.loads((folder / "models" / "manifest.json").read_text())["models"]
+    budget = models[len(models) // 2]["params"]
     out = runner.invoke(app, ["export", str(folder), "--params", str(budget), "--name", "small"])
     assert out.exit_code == 0, out.output
     report = json.loads((folder / "models" / "small.json").read_text())
@@ -51,32 +55,9 @@ def test_cli_exports_a_sub_model_from_the_demo_run(demo_run):
 
 def test_cli_lists_its_commands_and_rejects_bad_options():
     runner = CliRunner()
-    assert "demo" in runner.invoke(app, ["--help"]).output
+    assert all(c in runner.invoke(app, ["--help"]).output for c in ("demo", "run", "train", "search", "export", "report"))
     bad = runner.invoke(app, ["demo", "--family-epochs", "0"])
     assert bad.exit_code != 0 and "family-epochs" in bad.output
-
-
-def test_demo_table_prints_every_row(demo_run, capsys):
-    from onefit.demo import print_table
-
-    _, result = demo_run
-    print_table(result)
-    out = capsys.readouterr().out
-    assert f"{len(result['rows'])} shown" in out
-    assert all(row["summary"] in out for row in result["rows"])
-
-
-def test_demo_ends_with_the_searched_front(demo_run, capsys):
-    from onefit.demo import print_table
-
-    folder, result = demo_run
-    front = result["front"]
-    assert front["evaluated"] == 12 and front["front"]
-    assert {"front.json", "front.csv", "study.db"} <= {p.name for p in folder.iterdir()}
-    assert len(list((folder / "plots").glob("front_*.png"))) == 3  # one per pair of three objectives
-    print_table(result)
-    out = capsys.readouterr().out
-    assert f"{len(front['front'])} of 12 evaluated" in out and front["summaries"][0] in out
 
 
 def test_cli_search_resumes_the_demo_study_and_checks_its_options(demo_run):

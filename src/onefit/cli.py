@@ -81,22 +81,96 @@ def _file_name(flag: str, name: str) -> str:
     return name
 
 
+@app.command("run")
+def run_command(
+    config: Path = typer.Argument(..., help="the run config, a TOML file (examples/*.toml shows every section); "
+                                  f"a module:function it names is the caller's own: onefit {CODE_WARNING}"),
+    out: Path = typer.Option(None, "--out", help="run folder (default: runs/<config name>)"),
+    restart_from: str = typer.Option(None, "--restart-from", help="redo this stage and every later one "
+                                     "(inspect, pretrain, train, search, export, report)"),
+    set_: list[str] = typer.Option([], "--set", help="override one config value, e.g. --set train.epochs=2 "
+                                   "(repeatable; the value is TOML)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """The whole job from one config: inspect, pretrain, train, search, export, report; resumable."""
+    from onefit.run import ConfigError, load_config, run
+
+    out = out or Path("runs") / config.stem
+    with _failures():
+        try:
+            parsed, _ = load_config(config, set_)
+        except ConfigError as err:
+            if _debug:
+                raise
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2)
+        folder = run(parsed, out, restart_from=restart_from, progress=not quiet, echo=typer.echo,
+                     source_text=config.read_text())
+    typer.echo(f"run folder: {folder.path}; report: {folder.path / 'report.html'}")
+
+
+def _made_by_run(ctx: typer.Context, run: Path, stage: str, allowed: tuple = ("run", "trust_code")) -> bool:
+    """Whether to redo ``stage`` of a folder made by ``onefit run`` from its recorded config: it is
+    one, and no flag asks for something else (with flags, the command does what they say)."""
+    if not (run / "run.json").exists():
+        return False
+    # by name: typer may bring its own copy of click, whose enum is not click.core's
+    return all(n in allowed or getattr(ctx.get_parameter_source(n), "name", "") == "DEFAULT" for n in ctx.params)
+
+
+def _run_stage(run: Path, stage: str, trust_code: bool, quiet: bool) -> None:
+    """One stage of a run folder made by ``onefit run``, redone from its recorded config."""
+    from onefit.run import run as run_stages, run_folder_job
+
+    with _failures():
+        _, config = run_folder_job(run)
+        folder = run_stages(config, run, only=stage, trusted=trust_code, from_folder=True, progress=not quiet,
+                            echo=typer.echo)
+    typer.echo(f"run folder: {folder.path}")
+
+
+@app.command("train")
+def train_command(
+    run: Path = typer.Argument(..., help="a run folder made by onefit run"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """(Re)train a run folder's family from its recorded config; the search, export and report then redo."""
+    _run_stage(run, "train", trust_code, quiet)
+
+
+@app.command("report")
+def report_command(
+    run: Path = typer.Argument(..., help="a run folder made by onefit run"),
+    trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
+) -> None:
+    """Write a run folder's report.html, report.md and report.json again."""
+    _run_stage(run, "report", trust_code, True)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(None, help="run folder (default: runs/demo-<time>)"),
     pretrain_epochs: int = typer.Option(10, min=1, help="epochs of plain training of the full model"),
     family_epochs: int = typer.Option(20, min=1, help="SortedNet epochs over the family"),
     seed: int = typer.Option(0, help="random seed"),
+    set_: list[str] = typer.Option([], "--set", help="override a value of the bundled config, e.g. search.budget=30"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """The whole flow on scikit-learn's bundled digits, in a few minutes."""
-    from onefit.demo import DemoConfig, print_table, run_demo
+    """The whole job on scikit-learn's bundled digits in a few minutes: onefit run on the bundled
+    config (onefit/examples/digits.toml)."""
+    from onefit.demo import EXAMPLES, example_config, print_summary
+    from onefit.run import run
+    from onefit.run.stages import trained_family
+    from onefit.run.job import Job
 
     out = out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    config = DemoConfig(pretrain_epochs=pretrain_epochs, family_epochs=family_epochs, seed=seed)
+    overrides = [f"pretrain.epochs={pretrain_epochs}", f"train.epochs={family_epochs}", f"seed={seed}", *set_]
     with _failures("the demo"):
-        result = run_demo(out, config)
-    print_table(result)
-    typer.echo(f"run folder: {out}")
+        config = example_config("digits", overrides)
+        folder = run(config, out, progress=not quiet, echo=typer.echo, source_text=EXAMPLES["digits"].read_text())
+        print_summary(folder, trained_family(Job(config), folder))
+    typer.echo(f"run folder: {folder.path}; report: {folder.path / 'report.html'}")
 
 
 def _parse_bits(text: str) -> tuple[int, ...]:
@@ -223,6 +297,7 @@ def _recalibrated(module, train_data, keep_statistics: bool):
 
 @app.command("export")
 def export_command(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="run folder holding family/ (and config.json naming its data)"),
     arch: str = typer.Option(None, help='arch as a JSON object, e.g. \'{"depth:stages.0": 1}\' (others at max)'),
     params: int = typer.Option(None, help="instead of --arch: the largest nested sub-model within this many params"),
@@ -238,7 +313,10 @@ def export_command(
                                             "family's stored batch-norm statistics instead of refusing"),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
 ) -> None:
-    """Extract one sub-model from a run folder and export it to a verified ONNX file."""
+    """Extract one sub-model from a run folder and export it to a verified ONNX file; on a folder made
+    by onefit run (no flags), redo its export stage from the config."""
+    if _made_by_run(ctx, run, "export"):
+        return _run_stage(run, "export", trust_code, False)
     import onefit
     from onefit.export import export
 
@@ -286,6 +364,7 @@ def _parse_constraints(items: list[str]) -> dict[str, float]:
 
 @app.command("search")
 def search_command(
+    ctx: typer.Context,
     run: Path = typer.Argument(..., help="run folder holding family/ and config.json naming its data"),
     searcher: str = typer.Option("linas", help="random, nsga2, linas (predictor-assisted), n2n or tree"),
     budget: int = typer.Option(100, min=1, help="evaluations (a resumed study counts those it has)"),
@@ -299,7 +378,10 @@ def search_command(
                              f"data config.json names (onefit {CODE_WARNING})"),
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
 ) -> None:
-    """Search a trained family's accuracy / cost front; resumable; writes front.json, front.csv, plots."""
+    """Search a trained family's accuracy / cost front; resumable; writes front.json, front.csv, plots.
+    On a folder made by onefit run (no flags), redo its search stage (and what follows) from the config."""
+    if _made_by_run(ctx, run, "search"):
+        return _run_stage(run, "search", trust_code, False)
     import onefit
     from onefit.data import validation_split
     from onefit.report.tables import front_table
@@ -329,7 +411,7 @@ def search_command(
         plots = plot_front(front, run / "plots")
     from rich.console import Console
 
-    from onefit.demo import summarize
+    from onefit.report.tables import summarize
 
     console = Console()
     console.print(f"front: {len(front)} of {len(front.evaluated)} evaluated (validation error)")

@@ -19,10 +19,21 @@ def _cell(name: str, value: float) -> str:
     return f"{value:.3g}"
 
 
+def summarize(family, arch: dict) -> str:
+    """A sub-model in a few characters: its depths and its mean width, e.g. ``d2+1 w50%``."""
+    depths = [str(v) for k, v in arch.items() if k.startswith("depth:")]
+    idle = family.idle(arch)  # widths inside skipped blocks say nothing about this sub-model
+    fractions = [v / family.space[k].choices[-1] for k, v in arch.items() if k.startswith("width:") and k not in idle]
+    width = 100 * sum(fractions) / max(len(fractions), 1)
+    return f"d{'+'.join(depths) or '-'} w{width:.0f}%"
+
+
 def spread(items: list, n: int) -> list:
-    """``n`` items evenly spaced from first to last."""
+    """``n`` items evenly spaced from first to last (the last alone when ``n`` is 1)."""
     if len(items) <= n:
         return list(items)
+    if n == 1:
+        return [items[-1]]
     return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
 
 

