@@ -299,3 +299,102 @@ def test_the_minilm_example_config_distils_the_embeddings_and_exports_them(tmp_p
     model = manifest["models"][0]
     assert manifest["metric"] == "cosine to the teacher" and model["files"][0]["cosine"] > 0.9999
     assert abs(model["files"][0]["metric"]["change"]) < 1e-3
+
+
+SLOW_DATA = '''
+import time, torch
+from torch.utils.data import DataLoader, TensorDataset
+from onefit.data import digits
+
+class Slow(TensorDataset):  # slow enough that every stage can be killed in the middle
+    def __getitem__(self, i):
+        time.sleep(0.0015)
+        return super().__getitem__(i)
+
+def loaders(batch_size=64, seed=0):
+    train, test = digits(batch_size=batch_size, seed=seed)
+    def slow(loader, shuffle):
+        return DataLoader(Slow(*loader.dataset.tensors), batch_size=batch_size, shuffle=shuffle,
+                          generator=torch.Generator().manual_seed(seed))
+    return slow(train, True), slow(test, False)
+'''
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_every_stage_continues_where_it_stopped_and_loses_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from onefit.checkpoint import read_manifest
+    from onefit.run.config import STAGES
+
+    (tmp_path / "slowdata.py").write_text(SLOW_DATA)
+    config = _write(tmp_path, {
+        "model": {"zoo": "resnet", "kwargs": {"in_channels": 1, "widths": [8, 16], "blocks": [2, 2], "classes": 10}},
+        "data": {"factory": "slowdata:loaders"}, "pretrain": {"epochs": 3}, "train": {"epochs": 3},
+        "search": {"budget": 8, "searcher": "random"}, "export": {"max_models": 2},
+        "targets": {"repeats": 3, "batch_sizes": [1, 8]}})
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "onefit", "run", str(config), "--out", str(out), "--quiet"]
+    delay = {"inspect": 0.1, "pretrain": 2.5, "train": 3.0, "search": 4.0, "export": 2.5, "report": 0.2}
+    killed_inside = []
+    for stage in STAGES:
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            entry = json.loads((out / "run.json").read_text())["stages"].get(stage, {}) if (out / "run.json").exists() else {}
+            if "digest" in entry:
+                break
+            time.sleep(0.02)
+        time.sleep(delay[stage])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if not RunFolder.read(out).done(stage):
+            killed_inside.append(stage)
+    assert {"pretrain", "train", "search", "export"} <= set(killed_inside), killed_inside
+    subprocess.run(command, cwd=tmp_path, check=True, timeout=300, capture_output=True)
+    folder = RunFolder.read(out)
+    assert all(folder.done(s) for s in STAGES)
+    assert [h["epoch"] for h in read_manifest(out / "pretrain")["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in read_manifest(out / "family")["history"]] == [1, 2, 3]
+    import optuna
+
+    trials = optuna.load_study(study_name="onefit", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert len(trials) == 8 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8
+    manifest = json.loads((out / "models" / "manifest.json").read_text())
+    assert all((out / "models" / f["file"]).exists() for m in manifest["models"] for f in m["files"])
+    assert not [p for p in out.rglob(".*")]  # no half-written file left anywhere
+
+
+def _chromium(*args, url: str) -> tuple[str, str]:
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                           *args, url], capture_output=True, text=True, timeout=120)
+    console = [l for l in done.stderr.splitlines() if ":CONSOLE" in l]
+    return done.stdout, "\n".join(console)
+
+
+def test_the_report_renders_in_a_real_browser_without_errors_and_shows_the_models(digits_run, tmp_path):
+    from PIL import Image
+
+    # the console check itself: a page with an error is caught
+    (tmp_path / "bad.html").write_text("<html><body><script>missingFunction();</script></body></html>")
+    assert "missingFunction is not defined" in _chromium("--dump-dom", url=(tmp_path / "bad.html").as_uri())[1]
+    out, _ = digits_run
+    dom, console = _chromium("--dump-dom", url=(out / "report.html").as_uri())
+    assert console == ""
+    manifest = json.loads((out / "models" / "manifest.json").read_text())
+    rows = dom.split('<table id="models">')[1].split("</table>")[0].count("<tr>") - 1  # less the header
+    assert rows == sum(len(m["files"]) for m in manifest["models"]) > 0
+    assert dom.count('<figure id="front-') == 3 and dom.count("<svg") == 4
+    shot = tmp_path / "report.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1280,1600", url=(out / "report.html").as_uri())
+    image = Image.open(shot).convert("L")
+    dark = sum(image.histogram()[:200]) / (image.width * image.height)
+    assert image.size == (1280, 1600) and 0.02 < dark < 0.6, dark  # text, tables and plots: neither blank nor black

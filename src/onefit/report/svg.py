@@ -32,19 +32,27 @@ def _figure():
     return plt.subplots(figsize=(5.6, 3.9), dpi=100)
 
 
-def scatter_svg(series: list[dict], xlabel: str, ylabel: str, *, title: str = "", xlog: bool = False,
-                connect: bool = False) -> str:
-    """One scatter per ``{"label", "x", "y"}`` (optional ``"names"`` to annotate points);
-    ``connect`` joins each series' points in order of x, as a front's staircase."""
+def scatter_svg(series: list[dict], xlabel: str, ylabel: str, *, title: str = "", xlog: bool = False) -> str:
+    """One scatter per ``{"label", "x", "y"}``; optional ``"names"`` annotate the points,
+    ``"front"`` (one bool a point) joins the points on the front in order of x and draws the
+    others hollow, ``"style"`` sets matplotlib's ``c`` and ``s`` and ``hollow`` (rings)."""
     fig, ax = _figure()
     for i, s in enumerate(series):
         style = s.get("style", {})
-        points = sorted(zip(s["x"], s["y"], s.get("names") or [""] * len(s["x"])))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        ax.scatter(xs, ys, label=s["label"], s=style.get("s", 22), c=style.get("c", f"C{i}"), zorder=2 + i)
-        if connect and len(xs) > 1:
-            ax.plot(xs, ys, c=style.get("c", f"C{i}"), lw=1, alpha=0.6, zorder=1 + i)
-        for x, y, name in points:
+        color, size = style.get("c", f"C{i}"), style.get("s", 22)
+        n = len(s["x"])
+        points = sorted(zip(s["x"], s["y"], s.get("names") or [""] * n, s.get("front") or [True] * n))
+        on = [p for p in points if p[3]]
+        off = [p for p in points if not p[3]]
+        face = "none" if style.get("hollow") else color
+        ax.scatter([p[0] for p in on], [p[1] for p in on], label=s["label"], s=size, facecolors=face,
+                   edgecolors=color, zorder=2 + i)
+        if off:
+            ax.scatter([p[0] for p in off], [p[1] for p in off], s=size, facecolors="none", edgecolors=color,
+                       zorder=2 + i)
+        if "front" in s and len(on) > 1:
+            ax.step([p[0] for p in on], [p[1] for p in on], where="post", c=color, lw=1, alpha=0.7, zorder=1 + i)
+        for x, y, name, _ in points:
             if name:
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xscale="log" if xlog else "linear")

@@ -1,8 +1,8 @@
 """The report stage: what a run did, gathered from its folder into ``report.html`` (one
 self-contained file), ``report.md`` and ``report.json``.
 
->>> short_arch({"width:0": 16, "depth:stages.0": 2}, {"width:0": 32, "depth:stages.0": 3})
-'width:0=16 depth:stages.0=2'
+>>> headline([], "accuracy %")
+'No model was exported.'
 """
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from pathlib import Path
 
 from onefit.checkpoint import atomic_write
 from onefit.report import page, svg
-
-
-def short_arch(arch: dict, largest: dict) -> str:
-    """The choices of ``arch`` that are not the largest ones ("largest" when none)."""
-    smaller = [f"{k}={v}" for k, v in arch.items() if largest.get(k) != v]
-    return " ".join(smaller) or "largest"
+from onefit.report.tables import summarize
 
 
 def _read(path: Path, default=None):
@@ -48,7 +43,7 @@ def _latency_columns(models: list[dict]) -> list[tuple]:
     return list(dict.fromkeys((l["runtime"], l["precision"], l["batch"]) for m in models for l in m["latency"]))
 
 
-def _models(models: list[dict], largest: dict, metric: str) -> dict:
+def _models(models: list[dict], family, metric: str) -> dict:
     columns = _latency_columns(models)
     rows = []
     for m in models:
@@ -57,12 +52,12 @@ def _models(models: list[dict], largest: dict, metric: str) -> dict:
             lat = [f"{timing[c]['median_ms']:.3f} / {timing[c]['p90_ms']:.3f}" if c in timing else ""
                    for c in columns if c[1] == f["precision"] or c[0] != "onnxruntime"]
             score = f.get("metric") or {}
-            rows.append([m["name"], ", ".join(m["chosen_for"]), short_arch(m["arch"], largest), m["params"], m["macs"],
+            rows.append([m["name"], ", ".join(m["chosen_for"]), summarize(family, m["arch"]), m["params"], m["macs"],
                          {"href": f"models/{f['file']}", "text": f["file"]} if f["file"] else "",
                          f.get("bytes", ""), score.get("onnx", ""), score.get("change", ""), *lat,
                          f.get("max_abs_error", ""), f.get("cosine", ""), f.get("sha256", "")[:12]])
     # a row is one file; its ONNX Runtime columns are the latencies of its own precision
-    header = ["model", "chosen for", "arch (what is smaller)", "params", "MACs", "file", "bytes",
+    header = ["model", "chosen for", "sub-model (depths, mean width)", "params", "MACs", "file", "bytes",
               f"test {metric} (file)", "change vs torch"]
     first = next((p for r, p, _ in columns if r == "onnxruntime"), "fp32")
     shown = [c for c in columns if c[0] != "onnxruntime" or c[1] == first]
@@ -78,8 +73,23 @@ def _score(model: dict, runtime: str, precision: str) -> float | None:
     return None if file is None else file["metric"]["onnx" if runtime == "onnxruntime" else "torch"]
 
 
-def _fronts(models: list[dict], front: dict, evaluated: list[dict], metric: str) -> list[dict]:
-    figures = []
+def measured_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[bool]:
+    """Which ``(latency, metric)`` points no other point beats on both (faster or as fast, and
+    better or as good, one of them strictly).
+
+    >>> measured_front([(1.0, 90.0), (2.0, 95.0), (3.0, 93.0)])
+    [True, True, False]
+    """
+    sign = 1 if higher_is_better else -1
+
+    def beats(a, b) -> bool:
+        return a[0] <= b[0] and sign * a[1] >= sign * b[1] and (a[0] < b[0] or sign * a[1] > sign * b[1])
+
+    return [not any(beats(other, p) for other in points) for p in points]
+
+
+def _fronts(models: list[dict], front: dict, evaluated: list[dict], task) -> list[dict]:
+    metric, figures = task.metric_name, []
     for runtime, batch in dict.fromkeys((r, b) for r, _, b in _latency_columns(models)):
         series = []
         for precision in ("fp32", "int8"):
@@ -88,23 +98,50 @@ def _fronts(models: list[dict], front: dict, evaluated: list[dict], metric: str)
             points = [p for p in points if p[1] is not None]
             if points:
                 series.append({"label": f"{runtime} {precision}", "x": [p[0] for p in points],
-                               "y": [p[1] for p in points], "names": [p[2] for p in points]})
+                               "y": [p[1] for p in points], "names": [p[2] for p in points],
+                               "front": measured_front([p[:2] for p in points], task.higher_is_better)})
         if series:
             figures.append({"id": f"front-latency-{runtime}-b{batch}", "caption": f"test {metric} against the median "
-                            f"latency measured on {runtime} at batch {batch}, one point per exported model and precision",
+                            f"latency measured on {runtime} at batch {batch}, one point per exported model and "
+                            "precision; the line joins the measured front, a hollow point is beaten by another on both",
                             "svg": svg.scatter_svg(series, f"median latency, ms ({runtime}, batch {batch})",
-                                                   f"test {metric}", connect=True)})
+                                                   f"test {metric}")})
     done = [t for t in evaluated if t.get("values") is not None]
     series = [{"label": f"evaluated ({len(done)})", "x": [t["metrics"]["params"] for t in done],
                "y": [t["metrics"]["error"] for t in done], "style": {"c": "0.7", "s": 10}},
               {"label": f"front ({len(front['front'])})", "x": [t["metrics"]["params"] for t in front["front"]],
                "y": [t["metrics"]["error"] for t in front["front"]], "style": {"c": "C3"}},
               {"label": "exported", "x": [m["params"] for m in models], "y": [m["validation"]["error"] for m in models],
-               "names": [m["name"] for m in models], "style": {"c": "C0", "s": 40}}]
+               "names": [m["name"] for m in models], "style": {"c": "C0", "s": 70, "hollow": True}}]
     figures.append({"id": "front-size", "svg": svg.scatter_svg(series, "parameters", "validation error (searched)",
                                                               xlog=True),
                     "caption": "the search: every evaluated sub-model's validation error against its size"})
     return figures
+
+
+def _off_the_measured_front(models: list[dict], task) -> list[str]:
+    """The exported fp32 models the searched front kept but a measured latency puts behind another."""
+    notes = []
+    for runtime, batch in dict.fromkeys((l["runtime"], l["batch"]) for m in models for l in m["latency"]
+                                        if l["precision"] == "fp32"):
+        points = [(l["median_ms"], _score(m, runtime, "fp32"), m) for m in models for l in m["latency"]
+                  if (l["runtime"], l["precision"], l["batch"]) == (runtime, "fp32", batch)]
+        points = [p for p in points if p[1] is not None]
+        kept = measured_front([p[:2] for p in points], task.higher_is_better)
+        beaten = [p[2]["name"] for p, on in zip(points, kept) if not on]
+        if beaten:
+            notes.append(f"On {runtime} at batch {batch}, {', '.join(beaten)} {'is' if len(beaten) == 1 else 'are'} "
+                         f"off the measured front: another exported model is as fast or faster and as good or better "
+                         f"(counts such as MACs do not predict latency).")
+    for m in models:
+        timing = {(l["runtime"], l["precision"], l["batch"]): l["median_ms"] for l in m["latency"]}
+        slower = [b for (r, p, b), ms in timing.items() if p == "int8" and ms > timing.get((r, "fp32", b), ms)]
+        if slower:
+            notes.append(f"{m['name']}'s int8 file is slower than its fp32 file at batch "
+                         + ", ".join(f"{b} ({timing[('onnxruntime', 'int8', b)]:.3f} against "
+                                     f"{timing[('onnxruntime', 'fp32', b)]:.3f} ms)" for b in slower)
+                         + ": on this CPU int8 does not pay there.")
+    return notes
 
 
 def _training(folder) -> list[dict]:
@@ -141,20 +178,20 @@ def _left_out(models: list[dict], coverage: dict, front: dict) -> list[str]:
 def gather(folder, family, task) -> dict:
     """The report as data (``onefit.report.page``)."""
     record = folder.record
-    largest = family.space.max()
     manifest = _read(folder.path / "models" / "manifest.json", {"models": []})
     models = manifest["models"]
     front = _read(folder.path / "front.json", {"front": [], "evaluated": 0})
     evaluated = _evaluated(folder)
     coverage = _read(folder.path / "coverage.json", {})
-    best = _headline(models, task.metric_name)
+    best = headline(models, task.metric_name, within=1.0 if "%" in task.metric_name else 0.01)
     sections = [
         {"title": "At a glance", "text": [best]},
         {"title": "Exported models", "text": [
             "Each file was checked against PyTorch on inputs other than the example, scored on the test data, and "
             "timed where it will run (median and 90th percentile of repeated runs); models/manifest.json lists "
-            "them with their sha256."], "tables": [_models(models, largest, task.metric_name)]},
-        {"title": "Fronts", "figures": _fronts(models, front, evaluated, task.metric_name)},
+            "them with their sha256."], "tables": [_models(models, family, task.metric_name)]},
+        {"title": "Fronts", "text": _off_the_measured_front(models, task),
+         "figures": _fronts(models, front, evaluated, task)},
         {"title": "Training", "figures": _training(folder)},
         {"title": "Coverage", "text": [
             f"{coverage.get('space_size', 0):,} sub-models; {coverage.get('coverage', 0):.1%} of the parameters are in "
@@ -168,20 +205,32 @@ def gather(folder, family, task) -> dict:
     return {"title": f"onefit run: {folder.path.name}", "sections": sections}
 
 
-def _headline(models: list[dict], metric: str) -> str:
-    if not models:
-        return "No model was exported."
-    scored = [(m, f) for m in models for f in m["files"] if f.get("metric")]
-    if not scored:
-        return f"{len(models)} sub-models exported."
-    largest = max(models, key=lambda m: m["params"])
-    m, f = max(scored, key=lambda mf: mf[1]["metric"]["onnx"])
-    timing = {(l["precision"], l["batch"]): l["median_ms"] for l in m["latency"] if l["runtime"] == "onnxruntime"}
-    first = min((b for p, b in timing if p == f["precision"]), default=None)
-    speed = f", {timing[(f['precision'], first)]:.3f} ms at batch {first} on ONNX Runtime" if first else ""
-    return (f"{len(models)} sub-models exported, {sum(len(x['files']) for x in models)} files. The best test "
-            f"{metric}: {f['metric']['onnx']:.2f} ({m['name']}, {f['precision']}, {m['params']:,} params, "
-            f"{largest['macs'] / max(m['macs'], 1):.1f}x fewer MACs than the largest exported{speed}).")
+def _fastest_ms(model: dict, precision: str) -> tuple[float, int] | None:
+    """The ONNX Runtime median latency of ``model``'s ``precision`` file at its smallest batch."""
+    timed = [(l["batch"], l["median_ms"]) for l in model["latency"]
+             if l["runtime"] == "onnxruntime" and l["precision"] == precision]
+    return (min(timed)[1], min(timed)[0]) if timed else None
+
+
+def headline(models: list[dict], metric: str, within: float = 1.0) -> str:
+    """The best exported file, and the fastest one within ``within`` of its metric."""
+    files = [(m, f) for m in models for f in m["files"] if f.get("metric")]
+    if not files:
+        return "No model was exported." if not models else f"{len(models)} sub-models exported, none scored."
+
+    def said(m, f) -> str:
+        timing = _fastest_ms(m, f["precision"])
+        speed = f", {timing[0]:.3f} ms at batch {timing[1]} on ONNX Runtime" if timing else ""
+        return f"{m['name']} {f['precision']}: {f['metric']['onnx']:.2f} {metric}, {m['params']:,} params, {m['macs']:,} MACs{speed}"
+
+    best = max(files, key=lambda mf: mf[1]["metric"]["onnx"])
+    close = [mf for mf in files if mf[1]["metric"]["onnx"] >= best[1]["metric"]["onnx"] - within
+             and _fastest_ms(*[mf[0], mf[1]["precision"]])]
+    fastest = min(close, key=lambda mf: _fastest_ms(mf[0], mf[1]["precision"])[0]) if close else best
+    text = f"{len(models)} sub-models exported as {len(files)} verified files. Best: {said(*best)}."
+    if fastest is not best:
+        text += f" Fastest within {within:g} of it: {said(*fastest)}."
+    return text
 
 
 def _evaluated(folder) -> list[dict]:
