@@ -93,3 +93,14 @@ def test_kernel_and_progressive_distillation_benchmarks_quick_runs(tmp_path):
     progressive_distillation.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "progressive_distillation.json").read_text())
     assert saved["runs"] and "| k | students |" in (tmp_path / "progressive_distillation.md").read_text()
+
+
+def test_the_example_configs_benchmark_quick_run_writes_json_and_markdown(tmp_path):
+    import run_examples
+
+    small = ["pretrain.epochs=1", "train.epochs=1", "search.budget=4", "export.max_models=1", "targets.repeats=3",
+             "model.kwargs.widths=[8, 16]", "targets.batch_sizes=[1]", "export.budgets=[]"]
+    results = run_examples.main(["--examples", "digits", "--out", str(tmp_path), *[f"--set={o}" for o in small]])
+    assert list(results[0]["stages"]) == ["inspect", "pretrain", "train", "search", "export", "report"]
+    assert results[0]["files"] and all(f["latency_ms"][1] > 0 for f in results[0]["files"])
+    assert "| stage | seconds | result |" in (tmp_path / "run_examples.md").read_text()

@@ -171,7 +171,9 @@ def test_the_config_names_each_bad_key_and_what_is_allowed(tmp_path):
     with pytest.raises(ConfigError, match="no config file"):
         load_config(tmp_path / "none.toml")
     with pytest.raises(ConfigError, match="section.key=value"):
-        load_config(path.with_name("x.toml") if False else _write(tmp_path, base), ["train.epochs"])
+        load_config(_write(tmp_path, base), ["train.epochs"])
+    with pytest.raises(RunError, match="cannot write the run folder /proc/onefit-nope"):
+        run(parse_config(base), "/proc/onefit-nope", progress=False, echo=lambda _: None)
 
 
 def _toml(value) -> str:
@@ -398,3 +400,38 @@ def test_the_report_renders_in_a_real_browser_without_errors_and_shows_the_model
     image = Image.open(shot).convert("L")
     dark = sum(image.histogram()[:200]) / (image.width * image.height)
     assert image.size == (1280, 1600) and 0.02 < dark < 0.6, dark  # text, tables and plots: neither blank nor black
+
+
+TOKENS = '''
+import torch
+
+def tokens(batch_size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    def batches(n):
+        return [(torch.randint(0, 100, (batch_size, 12), generator=g), torch.ones(batch_size, 12, dtype=torch.long))
+                for _ in range(n)]
+    return {"train": batches(6), "validation": batches(2), "test": batches(2)}
+'''
+
+
+def test_a_transformers_model_folder_is_a_family_whose_sub_models_learn_the_original(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    (tmp_path / "tokens.py").write_text(TOKENS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = {"model": {"transformers": str(tmp_path / "bert")}, "data": {"factory": "tokens:tokens"},
+            "task": {"name": "distillation", "kind": "cosine", "inputs": 2}, "train": {"epochs": 2, "lr": 1e-3},
+            "search": {"budget": 4, "searcher": "random", "objectives": ["error", "params"]},
+            "targets": {"runtimes": ["eager"], "batch_sizes": [1], "repeats": 3}, "export": {"max_models": 2}}
+    out = tmp_path / "run"
+    run(parse_config(data), out, progress=False, echo=lambda _: None)
+    record = RunFolder.read(out).record["stages"]
+    assert record["train"]["largest"] > 0.99  # the largest sub-model is the original, still
+    models = json.loads((out / "models" / "manifest.json").read_text())["models"]
+    assert models and all(l["runtime"] == "eager" and l["median_ms"] > 0 for m in models for l in m["latency"])
+    assert "models" in (out / "report.html").read_text()

@@ -132,8 +132,12 @@ class RunFolder:
         return cls(path, record)
 
     def save(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path / RECORD, json.dumps(self.record, indent=1).encode())
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path / RECORD, json.dumps(self.record, indent=1).encode())
+        except OSError as err:
+            raise RunError(f"cannot write the run folder {self.path}: {err.strerror or err}; choose another --out "
+                           "or free the disk, then run again") from err
 
     def done(self, stage: str) -> bool:
         entry = self.record["stages"].get(stage, {})
