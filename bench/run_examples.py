@@ -31,9 +31,9 @@ def run_example(name: str, overrides: list[str], folder: Path) -> dict:
     for model in manifest["models"]:
         for f in model["files"]:
             lat = {l["batch"]: l["median_ms"] for l in model["latency"]
-                   if l["runtime"] == "onnxruntime" and l["precision"] == f["precision"]}
+                   if (l["runtime"], l["precision"]) == (f["runtime"], f["precision"])}
             files.append({"model": model["name"], "chosen_for": model["chosen_for"], "params": model["params"],
-                          "macs": model["macs"], "file": f["file"], "metric": f["metric"]["onnx"],
+                          "macs": model["macs"], "file": f["file"], "runtime": f["runtime"], "metric": f["metric"]["onnx"],
                           "cosine": f["cosine"], "latency_ms": lat})
     return {"example": name, "seconds": round(time.perf_counter() - started, 1), "metric": manifest["metric"],
             "stages": {s: {"seconds": e["seconds"], "summary": e["summary"]} for s, e in record["stages"].items()},
@@ -46,11 +46,11 @@ def markdown(results: list[dict], command: str) -> str:
     for r in results:
         lines += [f"## {r['example']} ({r['seconds']:.0f} s in all)\n", "| stage | seconds | result |", "|---|---:|---|"]
         lines += [f"| {s} | {e['seconds']:.1f} | {e['summary']} |" for s, e in r["stages"].items()]
-        batches = sorted({b for f in r["files"] for b in f["latency"]})
+        batches = sorted({b for f in r["files"] for b in f["latency_ms"]})
         lines += ["", f"| file | chosen for | params | MACs | test {r['metric']} | parity cosine |"
-                  + "".join(f" ORT ms b={b} |" for b in batches), "|---|---|---:|---:|---:|---:|" + "---:|" * len(batches)]
+                  + "".join(f" ms b={b} |" for b in batches), "|---|---|---:|---:|---:|---:|" + "---:|" * len(batches)]
         lines += [f"| {f['file']} | {', '.join(f['chosen_for'])} | {f['params']:,} | {f['macs']:,} | {f['metric']:.3f} | "
-                  f"{f['cosine']:.6f} |" + "".join(f" {f['latency'].get(b, float('nan')):.3f} |" for b in batches)
+                  f"{f['cosine']:.6f} |" + "".join(f" {f['latency_ms'].get(b, float('nan')):.3f} |" for b in batches)
                   for f in r["files"]]
         lines.append("")
     return "\n".join(lines)

@@ -48,8 +48,8 @@ def test_every_exported_file_is_listed_verified_scored_and_timed(digits_run):
     assert any("params<=20000" in m["chosen_for"] for m in models)  # the config's budget
     assert [m["params"] for m in models] == sorted(m["params"] for m in models)
     for m in models:
-        assert {f["precision"] for f in m["files"]} | {l["file"].split("-")[-1][:-5] for l in m["left_out"]} \
-            == {"fp32", "int8"}
+        assert {f["precision"] for f in m["files"]} | {l["precision"] for l in m["left_out"]} == {"fp32", "int8"}
+        assert all(f["runtime"] == "onnxruntime" and f["file"].endswith(".onnx") for f in m["files"])
         for f in m["files"]:
             data = (out / "models" / f["file"]).read_bytes()
             assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data)
@@ -74,12 +74,17 @@ def test_the_measured_latencies_go_back_into_the_study(digits_run):
     assert len(study.trials) == 8
 
 
+def manifest_cpu(out) -> dict:
+    return json.loads((out / "models" / "manifest.json").read_text())["cpu"]
+
+
 def test_the_report_is_one_self_contained_page_with_the_models_and_a_plot_per_front(digits_run):
     out, _ = digits_run
     html = (out / "report.html").read_text()
     # nothing fetched: no script, no image or style sheet from elsewhere (XML namespaces name, not fetch)
     assert not [bad for bad in ("<script", "<img", "<link", "@import", 'src="', 'href="http', "url(http", "url(//") if bad in html]
     assert html.count('<figure id="front-') == 3  # latency at batch 1 and 64, and size
+    assert manifest_cpu(out)["int8_weights"].split(":")[0] in ("7-bit weights", "8-bit weights")
     assert html.count("<svg") == 4  # the three fronts and the training curves
     manifest = json.loads((out / "models" / "manifest.json").read_text())
     for m in manifest["models"]:
@@ -335,12 +340,12 @@ def test_a_run_killed_in_every_stage_continues_where_it_stopped_and_loses_nothin
     (tmp_path / "slowdata.py").write_text(SLOW_DATA)
     config = _write(tmp_path, {
         "model": {"zoo": "resnet", "kwargs": {"in_channels": 1, "widths": [8, 16], "blocks": [2, 2], "classes": 10}},
-        "data": {"factory": "slowdata:loaders"}, "pretrain": {"epochs": 3}, "train": {"epochs": 3},
-        "search": {"budget": 8, "searcher": "random"}, "export": {"max_models": 2},
+        "data": {"factory": "slowdata:loaders"}, "pretrain": {"epochs": 2}, "train": {"epochs": 2},
+        "search": {"budget": 6, "searcher": "random"}, "export": {"max_models": 2},
         "targets": {"repeats": 3, "batch_sizes": [1, 8]}})
     out = tmp_path / "run"
     command = [sys.executable, "-m", "onefit", "run", str(config), "--out", str(out), "--quiet"]
-    delay = {"inspect": 0.1, "pretrain": 2.5, "train": 3.0, "search": 4.0, "export": 2.5, "report": 0.2}
+    delay = {"inspect": 0.1, "pretrain": 2.2, "train": 3.0, "search": 3.0, "export": 2.5, "report": 0.2}
     killed_inside = []
     for stage in STAGES:
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -359,12 +364,12 @@ def test_a_run_killed_in_every_stage_continues_where_it_stopped_and_loses_nothin
     subprocess.run(command, cwd=tmp_path, check=True, timeout=300, capture_output=True)
     folder = RunFolder.read(out)
     assert all(folder.done(s) for s in STAGES)
-    assert [h["epoch"] for h in read_manifest(out / "pretrain")["history"]] == [1, 2, 3]
-    assert [h["epoch"] for h in read_manifest(out / "family")["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in read_manifest(out / "pretrain")["history"]] == [1, 2]
+    assert [h["epoch"] for h in read_manifest(out / "family")["history"]] == [1, 2]
     import optuna
 
     trials = optuna.load_study(study_name="onefit", storage=f"sqlite:///{out / 'study.db'}").trials
-    assert len(trials) == 8 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 8
+    assert len(trials) == 6 and len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
     manifest = json.loads((out / "models" / "manifest.json").read_text())
     assert all((out / "models" / f["file"]).exists() for m in manifest["models"] for f in m["files"])
     assert not [p for p in out.rglob(".*")]  # no half-written file left anywhere
@@ -435,3 +440,35 @@ def test_a_transformers_model_folder_is_a_family_whose_sub_models_learn_the_orig
     models = json.loads((out / "models" / "manifest.json").read_text())["models"]
     assert models and all(l["runtime"] == "eager" and l["median_ms"] > 0 for m in models for l in m["latency"])
     assert "models" in (out / "report.html").read_text()
+
+
+def test_a_run_targets_openvino_beside_onnx_runtime(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO does not install here (pip install 'onefit[openvino]')")
+    out = tmp_path / "ov"
+    run(example("digits", [*SMALL, "export.max_models=1", "export.budgets=[]", "targets.batch_sizes=[1]",
+                           "targets.runtimes=['onnxruntime', 'openvino']"]), out, progress=False, echo=lambda _: None)
+    model = json.loads((out / "models" / "manifest.json").read_text())["models"][0]
+    files = {(f["runtime"], f["precision"]): f for f in model["files"]}
+    left = {(l["runtime"], l["precision"]): l["why"] for l in model["left_out"]}
+    # a one-epoch family quantizes roughly: an int8 file that misses its parity floor is left out, with the reason
+    assert set(files) | set(left) == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
+                                      ("openvino", "int8")}
+    assert all("parity check failed" in why for why in left.values()) and ("openvino", "fp32") in files
+    if ("openvino", "int8") in files:
+        assert files["openvino", "int8"]["method"] == "nncf-ptq"
+    assert files["openvino", "fp32"]["cosine"] > 0.99999
+    assert files["openvino", "fp32"]["metric"]["change"] == 0  # fp32 on OpenVINO agrees with PyTorch on every test image
+    assert (out / "models" / files["openvino", "fp32"]["file"]).with_suffix(".bin").exists()
+    assert {(l["runtime"], l["precision"]) for l in model["latency"]} == set(files)
+    assert '<figure id="front-latency-openvino-b1">' in (out / "report.html").read_text()
+
+
+def test_a_target_runtime_that_is_not_installed_fails_before_any_training(tmp_path, monkeypatch):
+    from onefit.runtimes import openvino
+
+    monkeypatch.setattr(openvino.OpenVINO, "missing", lambda self: "the openvino package is not installed "
+                                                                    "(pip install 'onefit[openvino]')")
+    config = example("digits", [*SMALL, "targets.runtimes=['openvino']"])
+    with pytest.raises(Exception, match=r"targets.runtimes: the runtime 'openvino' cannot run here: .*onefit\[openvino\]"):
+        run(config, tmp_path / "r", progress=False, echo=lambda _: None)
+    assert not (tmp_path / "r" / "pretrain").exists()

@@ -36,12 +36,12 @@ def print_summary(folder: RunFolder, family) -> None:
 
     manifest = json.loads((folder.path / "models" / "manifest.json").read_text())
     table = Table(title=f"exported sub-models ({manifest['metric']} on the test data, of the file itself)")
-    for col in ("model", "sub-model", "params", "MACs", "file", manifest["metric"], "ORT ms b=1", "p90"):
+    for col in ("model", "sub-model", "params", "MACs", "file", manifest["metric"], "ms b=1", "p90"):
         table.add_column(col, justify="left" if col in ("model", "sub-model", "file") else "right")
     for m in manifest["models"]:
         for f in m["files"]:
-            lat = next((l for l in m["latency"] if l["runtime"] == "onnxruntime" and l["precision"] == f["precision"]
-                        and l["batch"] == 1), None)
+            lat = next((l for l in m["latency"] if (l["runtime"], l["precision"], l["batch"]) ==
+                        (f["runtime"], f["precision"], 1)), None)
             table.add_row(m["name"], summarize(family, m["arch"]), f"{m['params']:,}", f"{m['macs']:,}", f["file"],
                           f"{f['metric']['onnx']:.2f}" if f.get("metric") else "",
                           f"{lat['median_ms']:.3f}" if lat else "", f"{lat['p90_ms']:.3f}" if lat else "")

@@ -87,6 +87,23 @@ def _runner(target, examples: tuple, backend: str, threads: int) -> Callable[[],
     return lambda: module(*examples)
 
 
+def time_call(run: Callable[[], object], *, batch: int, backend: str, threads: int, repeats: int = 50,
+              warmup: int = 10) -> Latency:
+    """Median and 90th percentile of ``repeats`` calls of ``run`` after ``warmup`` calls: the
+    timing every runtime shares (``onefit.runtimes`` times its own sessions with it)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend, batch, threads, repeats)
+
+
 def measure_latency(
     target: nn.Module | str | Path,
     example: torch.Tensor | tuple[torch.Tensor, ...],
@@ -110,22 +127,15 @@ def measure_latency(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
     threads = threads or torch.get_num_threads()
     examples = example if isinstance(example, tuple) else (example,)
-    times = []
     with torch_threads(threads), torch.inference_mode():
         run = _runner(target, examples, backend, threads)
-        for _ in range(warmup):
-            run()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    batch = int(examples[0].shape[0])
-    latency = Latency(statistics.median(times), times[int(0.9 * (len(times) - 1))], backend, batch, threads, repeats)
+        latency = time_call(run, batch=int(examples[0].shape[0]), backend=backend, threads=threads, repeats=repeats,
+                            warmup=warmup)
     if cost is not None:
         from onefit.cost.roofline import machine_roofline
 
         roof = machine_roofline(threads)
+        batch = latency.batch
         latency.efficiency = roof.efficiency(cost["macs"] * batch, latency.median_ms, int8=int8)
         latency.bound_ms = roof.bound_ms(cost["macs"] * batch, cost["weight_bytes"] + cost["activation_bytes"] * batch,
                                          int8=int8)

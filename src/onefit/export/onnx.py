@@ -165,10 +165,12 @@ def verify(session, module: nn.Module, inputs: dict[str, tuple], *, atol: float 
         max_err, cosine, scale = parity(session, module, x)
         if not cosine >= floor or (atol is not None and not max_err <= atol * scale):
             allowed = "" if atol is None else f" (allowed {atol * scale:.3g})"
-            raise ExportError(
-                f"parity check failed for {what} on {name}: max abs error {max_err:.3g}{allowed}, cosine "
-                f"{cosine:.6f} (needs >= {floor}). A module that computes a Python number from its input "
-                "(float(x.mean()), .item(), .numpy()) exports that number as a constant")
+            hint = ("A module that computes a Python number from its input (float(x.mean()), .item(), .numpy()) "
+                    "exports that number as a constant" if atol is not None else
+                    "Quantization moved the output further than allowed: train the family with 8-bit weights "
+                    "(ElasticConfig bits) or calibrate on more data")
+            raise ExportError(f"parity check failed for {what} on {name}: max abs error {max_err:.3g}{allowed}, "
+                              f"cosine {cosine:.6f} (needs >= {floor}). {hint}")
         worst_err, worst_cos = max(worst_err, max_err), min(worst_cos, cosine)
     return worst_err, worst_cos
 
@@ -240,7 +242,7 @@ def export(
     report = ExportReport(str(path), len(model_bytes), used, quantize, method, max_err, cosine,
                           parity_inputs=list(inputs if quantize is None else kept))
     if eval_data is not None:
-        report.accuracy = _accuracy_change(module, session or _runnable(model_bytes, module), eval_data, task)
+        report.accuracy = accuracy_change(module, session or _runnable(model_bytes, module), eval_data, task)
     _write_atomic(path, model_bytes)
     return report
 
@@ -264,7 +266,7 @@ def _check_int8_bits(bits: Mapping[str, int]) -> None:
             "use onefit.export.packed.pack for their packed size, or choose 8 bits for these layers")
 
 
-def _accuracy_change(module: nn.Module, session, data: Iterable, task) -> dict:
+def accuracy_change(module: nn.Module, session, data: Iterable, task) -> dict:
     """The task's metric of the PyTorch module and of the ONNX file on ``data``, and the change."""
     from onefit.tasks import ClassificationTask, evaluate
 

@@ -25,8 +25,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 STAGES = ("inspect", "pretrain", "train", "search", "export", "report")
-RUNTIMES = ("onnxruntime", "eager", "compile")
-PRECISIONS = ("fp32", "int8")
 
 
 class ConfigError(ValueError):
@@ -200,7 +198,7 @@ class SearchSection(_Section):
 class TargetsSection(_Section):
     """Where the exported models will run: each latency is measured there."""
 
-    runtimes: list[Literal["onnxruntime", "eager", "compile"]] = Field(default_factory=lambda: ["onnxruntime"])
+    runtimes: list[Literal["onnxruntime", "openvino", "eager", "compile"]] = Field(default_factory=lambda: ["onnxruntime"])
     precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     threads: int | None = Field(None, ge=1)  # default: torch's thread count

@@ -1,8 +1,10 @@
-"""The export stage: every chosen sub-model to verified ONNX files, measured where it will run.
+"""The export stage: every chosen sub-model to verified files for each target runtime (ONNX
+Runtime, OpenVINO: ``onefit.runtimes``), measured where it will run.
 
 Chosen: the points of the search's front (at most ``export.max_models``, spread from the
 smallest to the largest) and the best sub-model (least validation error) under each of
-``export.budgets``. Each is exported in fp32 and, where asked and possible, int8; each file is
+``export.budgets``. Each is built in fp32 and, where asked and possible, int8 (7- or 8-bit
+weights as this CPU allows: ``onefit.runtimes.cpu``); each file is
 checked for parity on inputs other than the example, scored with the task's metric on the test
 data, and timed on every target runtime at every batch size. ``models/NAME.json`` is written
 once a model's files are done, so a killed export goes on with the next model;
@@ -62,16 +64,14 @@ def batch_of(examples: tuple, size: int) -> tuple:
     return tuple(x.repeat(size, *[1] * (x.dim() - 1)) for x in examples)
 
 
-def _latencies(job: Job, target, examples: tuple, backend: str, precision: str) -> list[dict]:
+def _module_latencies(job: Job, module, backend: str) -> list[dict]:
     from onefit.cost.latency import measure_latency
 
     section = job.config.targets
-    found = []
-    for size in section.batch_sizes:
-        latency = measure_latency(target, batch_of(examples, size), backend=backend, threads=section.threads,
-                                  repeats=section.repeats, warmup=max(2, section.repeats // 5))
-        found.append({"runtime": backend, "precision": precision, **latency.to_json()})
-    return found
+    return [{"runtime": backend, "precision": "fp32",
+             **measure_latency(module, batch_of(job.example_inputs, size), backend=backend, threads=section.threads,
+                               repeats=section.repeats, warmup=max(2, section.repeats // 5)).to_json()}
+            for size in section.batch_sizes]
 
 
 def _sha256(path: Path) -> str:
@@ -82,36 +82,49 @@ def _has_bits(family) -> bool:
     return any(d.name.startswith("bits:") for d in family.space)
 
 
+MODULE_RUNTIMES = ("eager", "compile")  # timed on the PyTorch module itself; the others build files
+
+
 def export_one(job: Job, family, pick: dict, models: Path) -> dict:
-    """Export, verify, score and time one chosen sub-model; returns its manifest entry."""
+    """Build, verify, score and time one chosen sub-model on every target runtime and precision."""
     from onefit.cost import costs
-    from onefit.export import ExportError, export
+    from onefit.export import ExportError
+    from onefit.runtimes import runtime
+    from onefit.runtimes.cpu import int8_weights
     from onefit.train.bn import recalibrate_bn
 
     arch, targets = pick["arch"], job.config.targets
     module = recalibrate_bn(family.extract(arch), job.splits.calibration, task=job.task)
     examples = job.example_inputs
+    threads = targets.threads or torch.get_num_threads()
+    reduce_range, _ = int8_weights()
     entry = {**pick, **costs(family, arch), "files": [], "latency": [], "left_out": []}
-    for backend in (r for r in targets.runtimes if r != "onnxruntime"):
-        entry["latency"] += _latencies(job, module, examples, backend, "fp32")
-    if "onnxruntime" not in targets.runtimes:
-        return entry
-    for precision in targets.precisions:
-        path = models / f"{pick['name']}-{precision}.onnx"
-        try:
-            report = export(module, path, examples, quantize="int8" if precision == "int8" else None,
-                            calibration=job.splits.calibration, eval_data=job.splits.test, task=job.task,
-                            bits=family.bits(arch) if precision == "int8" and _has_bits(family) else None)
-        except (ExportError, ValueError) as err:
-            if precision == "fp32":
-                raise JobError(f"export: {pick['name']} ({arch}) failed: {err}") from err
-            entry["left_out"].append({"file": path.name, "why": str(err)})
+    for name in targets.runtimes:
+        if name in MODULE_RUNTIMES:
+            entry["latency"] += _module_latencies(job, module, name)
             continue
-        entry["files"].append({"file": path.name, "precision": precision, "bytes": report.bytes,
-                               "sha256": _sha256(path), "method": report.method, "exporter": report.exporter,
-                               "max_abs_error": report.max_abs_error, "cosine": report.cosine,
-                               "parity_inputs": report.parity_inputs, "metric": report.accuracy})
-        entry["latency"] += _latencies(job, str(path), examples, "onnxruntime", precision)
+        target_runtime = runtime(name)
+        for precision in targets.precisions:
+            stem = models / f"{pick['name']}-{name}-{precision}"
+            try:
+                built = target_runtime.build(module, stem, precision, examples=examples,
+                                             calibration=job.splits.calibration, eval_data=job.splits.test,
+                                             task=job.task, reduce_range=reduce_range,
+                                             bits=family.bits(arch) if _has_bits(family) else None)
+            except (ExportError, ValueError) as err:
+                if precision == "fp32":
+                    raise JobError(f"export: {pick['name']} on {name} ({arch}) failed: {err}") from err
+                entry["left_out"].append({"file": stem.name, "runtime": name, "precision": precision, "why": str(err)})
+                continue
+            entry["files"].append({"file": built.path.name, "runtime": name, "precision": precision,
+                                   "bytes": sum(p.stat().st_size for p in built.files),
+                                   "sha256": _sha256(built.path), "method": built.method,
+                                   "max_abs_error": built.max_abs_error, "cosine": built.cosine,
+                                   "parity_inputs": built.parity_inputs, "metric": built.metric})
+            for size in targets.batch_sizes:
+                latency = target_runtime.latency(built.path, batch_of(examples, size), threads=threads,
+                                                 repeats=targets.repeats, warmup=max(2, targets.repeats // 5))
+                entry["latency"].append({"runtime": name, "precision": precision, **latency.to_json()})
     return entry
 
 
@@ -130,8 +143,10 @@ def export_models(job: Job, folder, family, progress: bool = True) -> list[dict]
                 entries.append(export_one(job, family, pick, models))
                 atomic_write(done, json.dumps(entries[-1], indent=1).encode())
             bar.update(task, advance=1)
-    atomic_write(models / "manifest.json", json.dumps({"models": entries, "metric": job.task.metric_name},
-                                                      indent=1).encode())
+    from onefit.runtimes.cpu import describe
+
+    atomic_write(models / "manifest.json", json.dumps({"models": entries, "metric": job.task.metric_name,
+                                                       "cpu": describe()}, indent=1).encode())
     _record_in_study(folder, entries)
     return entries
 

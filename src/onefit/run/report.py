@@ -43,34 +43,40 @@ def _latency_columns(models: list[dict]) -> list[tuple]:
     return list(dict.fromkeys((l["runtime"], l["precision"], l["batch"]) for m in models for l in m["latency"]))
 
 
+def _rows_of(model: dict) -> list[dict]:
+    """One row per file, and one per runtime that runs the PyTorch module itself (no file)."""
+    files = [{**f, "metric": f.get("metric") or {}} for f in model["files"]]
+    with_file = {f["runtime"] for f in files}
+    fp32 = next((f["metric"] for f in files if f["precision"] == "fp32" and f["metric"]), {})
+    modules = [{"runtime": r, "precision": "fp32", "file": "", "metric": {"onnx": fp32.get("torch", ""), "change": 0}}
+               for r in dict.fromkeys(l["runtime"] for l in model["latency"]) if r not in with_file]
+    return files + modules
+
+
 def _models(models: list[dict], family, metric: str) -> dict:
-    columns = _latency_columns(models)
+    batches = sorted({l["batch"] for m in models for l in m["latency"]})
     rows = []
     for m in models:
-        for f in m["files"] or [{"file": "", "precision": "fp32"}]:
-            timing = {(l["runtime"], l["precision"], l["batch"]): l for l in m["latency"]}
-            lat = [f"{timing[c]['median_ms']:.3f} / {timing[c]['p90_ms']:.3f}" if c in timing else ""
-                   for c in columns if c[1] == f["precision"] or c[0] != "onnxruntime"]
-            score = f.get("metric") or {}
+        timing = {(l["runtime"], l["precision"], l["batch"]): l for l in m["latency"]}
+        for f in _rows_of(m):
+            lat = [timing.get((f["runtime"], f["precision"], b)) for b in batches]
             rows.append([m["name"], ", ".join(m["chosen_for"]), summarize(family, m["arch"]), m["params"], m["macs"],
-                         {"href": f"models/{f['file']}", "text": f["file"]} if f["file"] else "",
-                         f.get("bytes", ""), score.get("onnx", ""), score.get("change", ""), *lat,
+                         f["runtime"], f["precision"],
+                         {"href": f"models/{f['file']}", "text": f["file"]} if f["file"] else "(the PyTorch module)",
+                         f.get("bytes", ""), f["metric"].get("onnx", ""), f["metric"].get("change", ""),
+                         *[f"{l['median_ms']:.3f} / {l['p90_ms']:.3f}" if l else "" for l in lat],
                          f.get("max_abs_error", ""), f.get("cosine", ""), f.get("sha256", "")[:12]])
-    # a row is one file; its ONNX Runtime columns are the latencies of its own precision
-    header = ["model", "chosen for", "sub-model (depths, mean width)", "params", "MACs", "file", "bytes",
-              f"test {metric} (file)", "change vs torch"]
-    first = next((p for r, p, _ in columns if r == "onnxruntime"), "fp32")
-    shown = [c for c in columns if c[0] != "onnxruntime" or c[1] == first]
-    header += [f"{r} b={b} ms median / p90" for r, p, b in shown]
-    header += ["parity max abs error", "parity cosine", "sha256"]
+    header = ["model", "chosen for", "sub-model (depths, mean width)", "params", "MACs", "runtime", "precision", "file",
+              "bytes", f"test {metric}", "change vs torch", *[f"b={b} ms median / p90" for b in batches],
+              "parity max abs error", "parity cosine", "sha256"]
     return {"id": "models", "columns": header, "rows": rows}
 
 
 def _score(model: dict, runtime: str, precision: str) -> float | None:
-    """The test metric of what ``runtime`` runs: the file of ``precision``, or the PyTorch module."""
-    file = next((f for f in model["files"] if f["precision"] == (precision if runtime == "onnxruntime" else "fp32")
-                 and f.get("metric")), None)
-    return None if file is None else file["metric"]["onnx" if runtime == "onnxruntime" else "torch"]
+    """The test metric of what ``runtime`` runs at ``precision``: its file, or the PyTorch module."""
+    row = next((r for r in _rows_of(model) if r["runtime"] == runtime and r["precision"] == precision), None)
+    value = None if row is None else row["metric"].get("onnx")
+    return value if isinstance(value, (int, float)) else None
 
 
 def measured_front(points: list[tuple[float, float]], higher_is_better: bool = True) -> list[bool]:
@@ -135,12 +141,12 @@ def _off_the_measured_front(models: list[dict], task) -> list[str]:
                          f"(counts such as MACs do not predict latency).")
     for m in models:
         timing = {(l["runtime"], l["precision"], l["batch"]): l["median_ms"] for l in m["latency"]}
-        slower = [b for (r, p, b), ms in timing.items() if p == "int8" and ms > timing.get((r, "fp32", b), ms)]
+        slower = [(r, b) for (r, p, b), ms in timing.items() if p == "int8" and ms > timing.get((r, "fp32", b), ms)]
         if slower:
-            notes.append(f"{m['name']}'s int8 file is slower than its fp32 file at batch "
-                         + ", ".join(f"{b} ({timing[('onnxruntime', 'int8', b)]:.3f} against "
-                                     f"{timing[('onnxruntime', 'fp32', b)]:.3f} ms)" for b in slower)
-                         + ": on this CPU int8 does not pay there.")
+            notes.append(f"{m['name']}'s int8 file is slower than its fp32 file on "
+                         + ", ".join(f"{r} at batch {b} ({timing[(r, 'int8', b)]:.3f} against "
+                                     f"{timing[(r, 'fp32', b)]:.3f} ms)" for r, b in slower)
+                         + ": on this CPU int8 does not pay there; ship the fp32 file.")
     return notes
 
 
@@ -199,16 +205,18 @@ def gather(folder, family, task) -> dict:
                 "layer", "type", "params", "input width", "output width", "depth", "elastic"],
                 "rows": [[l["name"], l["type"], l["params"], l["width_in"], l["width_out"], l["depth"],
                           "yes" if l["elastic"] else "no"] for l in coverage.get("layers", [])]}]},
-        {"title": "Left out, and why", "text": _left_out(models, coverage, front)},
+        {"title": "Left out, and why", "text": _left_out(models, coverage, front)
+         + ([f"int8: {manifest['cpu']['int8_weights']} (instruction sets seen: "
+             f"{', '.join(manifest['cpu']['isa']) or 'none reported'})."] if "cpu" in manifest else [])},
         _what_was_run(folder, record, task),
     ]
     return {"title": f"onefit run: {folder.path.name}", "sections": sections}
 
 
-def _fastest_ms(model: dict, precision: str) -> tuple[float, int] | None:
-    """The ONNX Runtime median latency of ``model``'s ``precision`` file at its smallest batch."""
+def _fastest_ms(model: dict, file: dict) -> tuple[float, int] | None:
+    """The median latency of ``file`` (of ``model``) at its smallest batch."""
     timed = [(l["batch"], l["median_ms"]) for l in model["latency"]
-             if l["runtime"] == "onnxruntime" and l["precision"] == precision]
+             if l["runtime"] == file.get("runtime", "onnxruntime") and l["precision"] == file["precision"]]
     return (min(timed)[1], min(timed)[0]) if timed else None
 
 
@@ -219,14 +227,14 @@ def headline(models: list[dict], metric: str, within: float = 1.0) -> str:
         return "No model was exported." if not models else f"{len(models)} sub-models exported, none scored."
 
     def said(m, f) -> str:
-        timing = _fastest_ms(m, f["precision"])
-        speed = f", {timing[0]:.3f} ms at batch {timing[1]} on ONNX Runtime" if timing else ""
-        return f"{m['name']} {f['precision']}: {f['metric']['onnx']:.2f} {metric}, {m['params']:,} params, {m['macs']:,} MACs{speed}"
+        timing = _fastest_ms(m, f)
+        speed = f", {timing[0]:.3f} ms at batch {timing[1]}" if timing else ""
+        return (f"{m['name']} on {f.get('runtime', 'onnxruntime')} {f['precision']}: {f['metric']['onnx']:.2f} {metric}, "
+                f"{m['params']:,} params, {m['macs']:,} MACs{speed}")
 
     best = max(files, key=lambda mf: mf[1]["metric"]["onnx"])
-    close = [mf for mf in files if mf[1]["metric"]["onnx"] >= best[1]["metric"]["onnx"] - within
-             and _fastest_ms(*[mf[0], mf[1]["precision"]])]
-    fastest = min(close, key=lambda mf: _fastest_ms(mf[0], mf[1]["precision"])[0]) if close else best
+    close = [mf for mf in files if mf[1]["metric"]["onnx"] >= best[1]["metric"]["onnx"] - within and _fastest_ms(*mf)]
+    fastest = min(close, key=lambda mf: _fastest_ms(*mf)[0]) if close else best
     text = f"{len(models)} sub-models exported as {len(files)} verified files. Best: {said(*best)}."
     if fastest is not best:
         text += f" Fastest within {within:g} of it: {said(*fastest)}."

@@ -29,6 +29,7 @@ def inspect_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
     """What the config's elastic settings can shrink in the model, and a check of the data."""
     from onefit.inspect import inspect
 
+    _check_runtimes(job)
     model = job.build_model()
     job.check_data(model)
     try:
@@ -39,6 +40,18 @@ def inspect_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
     return {"summary": f"{coverage.space_size:,} sub-models over {len(coverage.dimensions)} dimensions, "
                        f"{coverage.params_min:,} to {coverage.params_max:,} params; {coverage.coverage:.1%} of the "
                        f"parameters are in elastic layers"}
+
+
+def _check_runtimes(job: Job) -> None:
+    """Every target runtime runs here, checked before any training (``targets.runtimes``)."""
+    from onefit.runtimes import RUNTIMES, RuntimeMissing, runtime
+
+    for name in job.config.targets.runtimes:
+        if name in RUNTIMES:
+            try:
+                runtime(name)
+            except RuntimeMissing as err:
+                raise JobError(f"targets.runtimes: {err}") from None
 
 
 def _test_metric(job: Job, module) -> float:
