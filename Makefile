@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(PY) bench/lowrank.py --tasks mlp-digits mlp-mnist cnn-digits --epochs 10 --tune-epochs 5
 	$(PY) bench/lowrank.py --tasks cnn-mnist --epochs 10 --tune-epochs 5 --stem lowrank_cnn_mnist
 	$(PY) bench/quantized_distillation.py
+	$(PY) bench/run_examples.py
+	$(PY) bench/peers.py --family-epochs 20
 
 # Line and branch coverage of the suite; the core's unrun lines go to bench/results/coverage_lines.md.
 coverage: $(STAMP)

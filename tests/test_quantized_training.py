@@ -368,7 +368,7 @@ def test_learned_points_refuse_a_second_quantizer_and_freeze_what_does_not_learn
 def test_learn_points_needs_data_with_a_length():
     stream = ((X, Y) for _ in range(2))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    with pytest.raises(ValueError, match="needs data with a length.*got generator"):
+    with pytest.raises(ValueError, match="needs data it can pass over more than once.*got a one-shot generator"):
         learn_points(model, stream, DifferentiableQuantizationConfig(bits=2), epochs=1, progress=False)
     assert not quantizers(model)  # refused before anything was attached
 

@@ -151,3 +151,23 @@ def test_gradient_noise_is_annealed_seeded_and_resumable(tmp_path, data):
     assert runs[0].history[-1]["gradient_noise"] == 0.01
     with pytest.raises(ValueError, match="eta must be > 0"):
         onefit.train(small_family(), batches, epochs=1, gradient_noise=-1.0, progress=False)
+
+
+def test_data_without_a_length_is_counted_and_a_teacher_is_put_in_eval_mode():
+    import onefit
+
+    class Augmented:  # an augmentation wrapper: iterable again and again, no len
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __iter__(self):
+            return iter([(x + 0.01 * torch.randn_like(x), y) for x, y in self.batches])
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)) for _ in range(3)]
+    family = onefit.elasticize(onefit.zoo.mlp(hidden=16, layers=1), (batches[0][0][:1],))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 10)).train()
+    recipe = onefit.SortedNetRecipe(onefit.SortedNetConfig(distill="teacher"))
+    history = onefit.train(family, Augmented(batches), recipe, epochs=2, teacher=teacher, progress=False)
+    assert len(history) == 2 and not teacher.training  # its batch-norm statistics were not updated
+    assert teacher[1].num_batches_tracked.item() == 0

@@ -13,7 +13,7 @@ from onefit.family import Family, elasticize
 from onefit.importance import L1Importance, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
-from onefit import zoo
+from onefit import data, zoo
 from onefit.search import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,
                         family_problem, search)
 from onefit.train import (
@@ -82,5 +82,6 @@ __all__ = [
     "sort_",
     "train",
     "train_plain",
+    "data",
     "zoo",
 ]

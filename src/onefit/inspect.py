@@ -74,6 +74,9 @@ class Coverage:
             row.update({col: layer.columns.get(col, "") for col in self.columns})
         return data
 
+    def __str__(self) -> str:  # print(onefit.inspect(model, inputs)) shows the table
+        return self.to_markdown()
+
     def to_markdown(self) -> str:
         extra = self.columns
         lines = ["| layer | type | params | input width | output width | depth |" + "".join(f" {c} |" for c in extra),

@@ -63,6 +63,9 @@ def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, 
         summary = result.pop("summary")
         folder.finish(stage, time.perf_counter() - started, summary, **result)
         echo(f"{stage}: {summary} ({time.perf_counter() - started:.1f} s)")
+    later = [s for s in STAGES if only is not None and STAGES.index(s) > STAGES.index(only) and not folder.done(s)]
+    if later:
+        echo(f"to redo with it: {', '.join(later)} (onefit {' then onefit '.join(f'{s} {folder.path}' for s in later)})")
     return folder
 
 

@@ -125,7 +125,20 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
                 latency = target_runtime.latency(built.path, batch_of(examples, size), threads=threads,
                                                  repeats=targets.repeats, warmup=max(2, targets.repeats // 5))
                 entry["latency"].append({"runtime": name, "precision": precision, **latency.to_json()})
+    entry["faster"] = faster_precision(entry["latency"])
     return entry
+
+
+def faster_precision(latencies: list[dict]) -> dict[str, str]:
+    """For each runtime and batch timed in both precisions, the one to ship: the faster.
+
+    >>> faster_precision([{"runtime": "onnxruntime", "precision": p, "batch": 64, "median_ms": ms}
+    ...                   for p, ms in (("fp32", 4.9), ("int8", 8.0))])
+    {'onnxruntime b=64': 'fp32'}
+    """
+    timing = {(l["runtime"], l["precision"], l["batch"]): l["median_ms"] for l in latencies}
+    return {f"{r} b={b}": "int8" if ms < timing[(r, "fp32", b)] else "fp32"
+            for (r, p, b), ms in timing.items() if p == "int8" and (r, "fp32", b) in timing}
 
 
 def export_models(job: Job, folder, family, progress: bool = True) -> list[dict]:

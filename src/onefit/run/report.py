@@ -150,6 +150,17 @@ def _off_the_measured_front(models: list[dict], task) -> list[str]:
     return notes
 
 
+def _at_the_floor(models: list[dict], family) -> list[str]:
+    """Exported sub-models whose every width is the smallest the space offers: the front may go on below."""
+    floor = [m["name"] for m in models
+             if all(v == family.space[k].choices[0] for k, v in m["arch"].items()
+                    if k.startswith("width:") and k not in family.idle(m["arch"]))]
+    if not floor:
+        return []
+    return [f"{', '.join(floor)} {'has' if len(floor) == 1 else 'have'} every width at the smallest choice of the space: "
+            "the front touches its edge, and smaller fractions in elastic.width may find faster models."]
+
+
 def _training(folder) -> list[dict]:
     from onefit.checkpoint import read_manifest
 
@@ -196,7 +207,7 @@ def gather(folder, family, task) -> dict:
             "Each file was checked against PyTorch on inputs other than the example, scored on the test data, and "
             "timed where it will run (median and 90th percentile of repeated runs); models/manifest.json lists "
             "them with their sha256."], "tables": [_models(models, family, task.metric_name)]},
-        {"title": "Fronts", "text": _off_the_measured_front(models, task),
+        {"title": "Fronts", "text": _off_the_measured_front(models, task) + _at_the_floor(models, family),
          "figures": _fronts(models, front, evaluated, task)},
         {"title": "Training", "figures": _training(folder)},
         {"title": "Coverage", "text": [

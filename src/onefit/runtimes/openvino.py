@@ -85,7 +85,7 @@ class OpenVINO(Runtime):
 
         batches = list(islice(calibration, 300))
         dataset = nncf.Dataset(batches, lambda batch: _numpy(batch, n_inputs))
-        return nncf.quantize(model, dataset, subset_size=sum(len(_numpy(b, 1)[0]) for b in batches))
+        return nncf.quantize(model, dataset, subset_size=len(batches))  # NNCF counts the dataset's items: batches
 
     def session(self, path: Path, threads: int | None = None):
         import openvino as ov

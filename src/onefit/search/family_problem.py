@@ -7,12 +7,15 @@ Metrics:
 - ``params``, ``macs``, ``weight_bytes`` (at the arch's bit-widths where the family has them),
   ``activation_bytes``: counts, cheap;
 - ``latency_ms``: a ``LatencyModel``'s prediction (cheap), when one is given or saved with the
-  family; ``latency="measure"`` measures each sub-model on ONNX Runtime instead (not cheap).
+  family; ``latency="measure"`` measures each sub-model on ONNX Runtime instead (not cheap);
+- ``latency_ms@bN`` (``latency_ms@b1``, ``latency_ms@b64``, ...): as an objective or constraint,
+  each sub-model measured on ONNX Runtime at batch N.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from itertools import islice
 from typing import Iterable, Mapping, Sequence
@@ -23,14 +26,14 @@ from onefit.cost.counts import costs
 from onefit.search.problem import Metric, Problem
 from onefit.space import Arch, Space
 from onefit.tasks import ClassificationTask, Task, evaluate
-from onefit.train.bn import recalibrate_bn
+from onefit.train.bn import BN_BATCHES, recalibrate_bn
 
 COUNTS = ("params", "macs", "weight_bytes", "activation_bytes")
 
 
 def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("error", "macs", "params"),
                    constraints: Mapping[str, float] | None = None, calibration: Iterable | None = None,
-                   bn_batches: int = 10, latency=None, space: Space | None = None,
+                   bn_batches: int = BN_BATCHES, latency=None, space: Space | None = None,
                    task: Task | None = None) -> Problem:
     """A Problem over ``family.space`` (or ``space``, a part of it: the same dimensions with some
     choices left out, e.g. bits fixed at 32); ``data`` yields validation batches of ``task``
@@ -61,6 +64,10 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
     latency_metric = _latency(family, latency)
     if latency_metric is not None:
         metrics["latency_ms"] = latency_metric
+    for name in {*objectives, *(constraints or {})}:
+        batch = re.fullmatch(r"latency_ms@b([1-9][0-9]*)", name)
+        if batch:
+            metrics[name] = _measured_latency(family, int(batch.group(1)))
     return Problem(space, metrics, objectives, constraints, canonical=family.canonical)
 
 
@@ -74,6 +81,14 @@ def _subspace(full: Space, part: Space | None) -> Space:
             raise ValueError(f"space: {dim.name} choices {list(dim.choices)} are not among the family's "
                              f"{list(full[dim.name].choices)}")
     return part
+
+
+def _measured_latency(family, batch: int) -> Metric:
+    """``latency_ms@bN``: each sub-model measured on ONNX Runtime at batch N (its example repeated)."""
+    from onefit.cost.latency import measure_latency
+
+    examples = tuple(x.repeat(batch, *[1] * (x.dim() - 1)) for x in family.example_inputs)
+    return Metric(lambda arch: measure_latency(family.extract(arch).eval(), examples, repeats=20, warmup=5).median_ms)
 
 
 def _latency(family, latency) -> Metric | None:

@@ -19,7 +19,10 @@ import torch
 from torch import nn
 
 
-def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = 20, task=None) -> nn.Module:
+BN_BATCHES = 20  # batches a sub-model's batch-norm statistics are re-estimated on, wherever that happens
+
+
+def recalibrate_bn(module: nn.Module, data: Iterable, batches: int = BN_BATCHES, task=None) -> nn.Module:
     """Reset every batch norm of ``module`` and re-estimate it as an exact average over
     ``batches`` batches of ``data`` (the task's batches; by default pairs ``(x, y)`` or inputs).
     Returns ``module`` in eval mode."""

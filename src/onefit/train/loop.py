@@ -67,6 +67,12 @@ def train(
     uninterrupted run's bit for bit. A checkpoint already past ``epochs`` is refused. Every batch
     is checked against the task (format, shape, dtype, labels in range). Returns the per-epoch
     history (kept on a family as ``family.history``).
+
+    ``teacher``: a trained model to distil from, outside the family (``SortedNetConfig(distill=
+    "teacher")``, quantized distillation); it is put in eval mode and never trained. ``data`` is
+    any iterable of batches: without ``len`` (an augmentation wrapper, a generator function's
+    object) the batches of one pass are counted first for the schedule; a one-shot iterator needs
+    ``cosine=False``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -75,11 +81,14 @@ def train(
     family = target if isinstance(target, Family) else None
     if checkpoint is not None and family is None:
         raise ValueError("checkpoints hold families: pass a Family, or checkpoint=None for a plain module")
-    n = _len_or_none(data)
+    n = _batches(data)
     if cosine and n is None:
-        raise ValueError(f"a cosine schedule needs data with a length (a list or a DataLoader over a sized "
-                         f"dataset); got {type(data).__name__} without one: pass cosine=False for a stream")
+        raise ValueError(f"a cosine schedule needs data it can pass over more than once (a list, a DataLoader, any "
+                         f"iterable object); "
+                         f"got a one-shot {type(data).__name__}: pass cosine=False for a stream")
     outputs = output_size(family, family.example_inputs, task) if family is not None else None
+    if teacher is not None:  # a teacher in train mode would update its batch-norm statistics on every batch
+        teacher.eval()
     optimizer = optimizer or recipe.prepare(target) or torch.optim.Adam(target.parameters(), lr=3e-3)
     seed = getattr(getattr(recipe, "config", None), "seed", 0)  # the recipe's seed drives the noise too
     noise = GradientNoise(optimizer, gradient_noise, seed=seed) if gradient_noise else None
@@ -171,8 +180,13 @@ def _progress(recipe, epoch: int, data, noise) -> dict:
     return progress
 
 
-def _len_or_none(data) -> int | None:
+def _batches(data) -> int | None:
+    """Batches in one pass over ``data``: its ``len``, else counted when it can be passed over again
+    (an object whose ``iter`` is not itself); None for a one-shot iterator."""
     try:
         return len(data)
     except TypeError:
+        pass
+    if iter(data) is data:
         return None
+    return sum(1 for _ in data)
