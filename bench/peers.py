@@ -231,7 +231,7 @@ def summarize(rows: list[dict], teacher_validation: float, teacher_seconds: floa
 
 def markdown(result: dict) -> str:
     base = next(r for r in result["rows"] if r["model"] == "teacher" and r["pipeline"] == "ONNX Runtime fp32")
-    lines = [f"# onefit against Torch-Pruning + ONNX Runtime / NNCF / OpenVINO (MNIST-5k ResNet)\n",
+    lines = ["# onefit against Torch-Pruning + ONNX Runtime / NNCF / OpenVINO (MNIST-5k ResNet)\n",
              f"`{result['command'].strip()}`; {result['environment']['cpu']}; int8: {result['cpu']['int8_weights']}. "
              f"Teacher: {base['accuracy']:.2f} % test accuracy; latency at 2 threads, medians of "
              f"{result['args']['rounds']} interleaved rounds; x = speed-up over the teacher on ONNX Runtime fp32 "

@@ -32,11 +32,14 @@ def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, 
     then is redone even when done). ``source_text``: the config file as written, kept as
     ``config.toml`` beside the record. ``from_folder``: ``config`` was read back from the run
     folder, so code it names is imported only when ``trusted`` (``onefit.trust``)."""
+    from onefit.run.stages import STAGE_FUNCTIONS
+
     folder = RunFolder.open(out, config.to_json(), restart_from=only or restart_from)
-    if source_text is not None and not (folder.path / "config.toml").exists():
+    toml = folder.path / "config.toml"
+    if source_text is not None and (not toml.exists() or toml.read_text() != source_text):
         from onefit.checkpoint import atomic_write
 
-        atomic_write(folder.path / "config.toml", source_text.encode())
+        atomic_write(toml, source_text.encode())
     _write_data_record(folder, config)
     job = Job(config, trusted=trusted, from_folder=from_folder)
     for stage in STAGES if only is None else STAGES[STAGES.index(only):STAGES.index(only) + 1]:
@@ -50,8 +53,6 @@ def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, 
         folder.start(stage)
         started = time.perf_counter()
         try:
-            from onefit.run.stages import STAGE_FUNCTIONS
-
             result = STAGE_FUNCTIONS[stage](job, folder, progress)
         except (JobError, ConfigError, RunError):
             raise
@@ -84,7 +85,7 @@ def _write_data_record(folder: RunFolder, config: RunConfig) -> None:
         atomic_write(path, text.encode())
 
 
-def run_folder_job(path: str | Path, trust_code: bool = False) -> tuple[RunFolder, RunConfig]:
+def run_folder_job(path: str | Path) -> tuple[RunFolder, RunConfig]:
     """The folder and config of a run folder made by ``onefit run`` (for the stages alone)."""
     folder = RunFolder.read(path)
     return folder, parse_config(folder.config, str(Path(path) / "run.json"))

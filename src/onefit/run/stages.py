@@ -166,7 +166,7 @@ def report_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
     from onefit.run.report import write_report
 
     paths = write_report(folder, trained_family(job, folder), job.task)
-    return {"summary": f"wrote {', '.join(str(p) for p in paths)}"}
+    return {"summary": f"wrote {', '.join(p.name for p in paths)}"}
 
 
 STAGE_FUNCTIONS = {"inspect": inspect_stage, "pretrain": pretrain_stage, "train": train_stage,
