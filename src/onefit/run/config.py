@@ -198,11 +198,22 @@ class SearchSection(_Section):
 class TargetsSection(_Section):
     """Where the exported models will run: each latency is measured there."""
 
-    runtimes: list[Literal["onnxruntime", "openvino", "eager", "compile"]] = Field(default_factory=lambda: ["onnxruntime"])
+    runtimes: list[str] = Field(default_factory=lambda: ["onnxruntime"])  # onefit.runtimes' names, eager, compile
     precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     threads: int | None = Field(None, ge=1)  # default: torch's thread count
     repeats: int = Field(30, ge=1)
+
+    @field_validator("runtimes")
+    @classmethod
+    def _runtimes(cls, value):
+        from onefit.runtimes import RUNTIMES
+
+        allowed = [*sorted(RUNTIMES), "eager", "compile"]
+        unknown = [r for r in value if r not in allowed]
+        if unknown or not value:
+            raise ValueError(f"{unknown[0] if unknown else 'none'!r} is not a runtime; choose from {allowed}")
+        return value
 
     @field_validator("batch_sizes")
     @classmethod
