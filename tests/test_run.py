@@ -270,6 +270,10 @@ def test_the_stages_alone_work_on_a_run_folder_and_foreign_code_needs_trust(digi
     result = CliRunner().invoke(app, ["search", str(out)])  # no flags: the config's search, then what follows is undone
     assert result.exit_code == 0, result.output
     assert not RunFolder.read(out).done("export") and RunFolder.read(out).done("search")
+    assert "to redo with it: export, report (onefit export" in result.output
+    result = CliRunner().invoke(app, ["train", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert RunFolder.read(out).done("train") and not RunFolder.read(out).done("search")
     from onefit.run.folder import stage_digest
 
     out = tmp_path / "theirs"
