@@ -110,7 +110,8 @@ def onefit_run(weights: Path, folder: Path, args) -> tuple[list[dict], float, di
         "model": {"factory": "peers:trained_teacher", "kwargs": {"weights": str(weights)}},
         "data": {"bundled": "mnist5k", "kwargs": {"batch_size": 64}},
         "elastic": {"width": [0.125, 0.25, 0.375, 0.5, 0.75, 1.0]},
-        "train": {"recipe": "sortednet", "epochs": args.family_epochs, "lr": 1e-3},
+        "train": {"recipe": "sortednet", "epochs": args.family_epochs, "lr": 1e-3,
+                  "config": {"distill": args.distill}},
         "search": {"searcher": "linas", "budget": args.budget, "objectives": ["error", "macs", "params"]},
         "targets": {"runtimes": ["onnxruntime", "openvino"], "precisions": ["fp32", "int8"], "batch_sizes": [1, 64],
                     "threads": 2, "repeats": 10},
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--family-epochs", type=int, default=10)
+    parser.add_argument("--distill", default="inplace", choices=("inplace", "teacher", "none"),
+                        help="SortedNet's distillation: from the largest sub-model, from the trained teacher, or none")
     parser.add_argument("--budget", type=int, default=80)
     parser.add_argument("--max-models", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
