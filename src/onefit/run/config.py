@@ -35,9 +35,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _import_path(value: str | None, key: str) -> str | None:
+def _import_path(value: str | None) -> str | None:
     if value is not None and (value.count(":") != 1 or not all(value.split(":"))):
         raise ValueError(f"an import path module:function such as mymodels:build, got {value!r}")
+    return value
+
+
+def _registered(value: str, registry, what: str) -> str:
+    """``value`` if it is a name in ``registry``, else a ValueError listing the names."""
+    if value not in registry:
+        raise ValueError(f"{value!r} is not a {what}; choose one of {sorted(registry)}")
     return value
 
 
@@ -55,7 +62,7 @@ class ModelSection(_Section):
     @field_validator("factory")
     @classmethod
     def _factory(cls, value):
-        return _import_path(value, "factory")
+        return _import_path(value)
 
     @field_validator("input_shape")
     @classmethod
@@ -91,7 +98,7 @@ class DataSection(_Section):
     @field_validator("factory")
     @classmethod
     def _factory(cls, value):
-        return _import_path(value, "factory")
+        return _import_path(value)
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -119,9 +126,7 @@ class TaskSection(_Section):
     def _name(cls, value):
         from onefit.tasks import TASKS
 
-        if value not in TASKS:
-            raise ValueError(f"{value!r} is not a task; choose one of {sorted(TASKS)}")
-        return value
+        return _registered(value, TASKS, "task")
 
 
 class PretrainSection(_Section):
@@ -166,9 +171,7 @@ class TrainSection(_Section):
     def _recipe(cls, value):
         from onefit.train import RECIPES
 
-        if value not in RECIPES:
-            raise ValueError(f"{value!r} is not a recipe; choose one of {sorted(RECIPES)}")
-        return value
+        return _registered(value, RECIPES, "recipe")
 
 
 class SearchSection(_Section):
@@ -183,9 +186,7 @@ class SearchSection(_Section):
     def _searcher(cls, value):
         from onefit.search import SEARCHERS
 
-        if value not in SEARCHERS:
-            raise ValueError(f"{value!r} is not a searcher; choose one of {sorted(SEARCHERS)}")
-        return value
+        return _registered(value, SEARCHERS, "searcher")
 
     @field_validator("objectives")
     @classmethod

@@ -94,17 +94,22 @@ def measured_front(points: list[tuple[float, float]], higher_is_better: bool = T
     return [not any(beats(other, p) for other in points) for p in points]
 
 
+def _points(models: list[dict], runtime: str, precision: str, batch: int) -> list[tuple[float, float, dict]]:
+    """``(median ms, test metric, model)`` of every model timed and scored on ``runtime`` at ``precision``, ``batch``."""
+    points = [(l["median_ms"], _score(m, runtime, precision), m) for m in models for l in m["latency"]
+              if (l["runtime"], l["precision"], l["batch"]) == (runtime, precision, batch)]
+    return [p for p in points if p[1] is not None]
+
+
 def _fronts(models: list[dict], front: dict, evaluated: list[dict], task) -> list[dict]:
     metric, figures = task.metric_name, []
     for runtime, batch in dict.fromkeys((r, b) for r, _, b in _latency_columns(models)):
         series = []
         for precision in ("fp32", "int8"):
-            points = [(l["median_ms"], _score(m, runtime, precision), m["name"]) for m in models for l in m["latency"]
-                      if (l["runtime"], l["precision"], l["batch"]) == (runtime, precision, batch)]
-            points = [p for p in points if p[1] is not None]
+            points = _points(models, runtime, precision, batch)
             if points:
                 series.append({"label": f"{runtime} {precision}", "x": [p[0] for p in points],
-                               "y": [p[1] for p in points], "names": [p[2] for p in points],
+                               "y": [p[1] for p in points], "names": [p[2]["name"] for p in points],
                                "front": measured_front([p[:2] for p in points], task.higher_is_better)})
         if series:
             figures.append({"id": f"front-latency-{runtime}-b{batch}", "caption": f"test {metric} against the median "
@@ -130,9 +135,7 @@ def _off_the_measured_front(models: list[dict], task) -> list[str]:
     notes = []
     for runtime, batch in dict.fromkeys((l["runtime"], l["batch"]) for m in models for l in m["latency"]
                                         if l["precision"] == "fp32"):
-        points = [(l["median_ms"], _score(m, runtime, "fp32"), m) for m in models for l in m["latency"]
-                  if (l["runtime"], l["precision"], l["batch"]) == (runtime, "fp32", batch)]
-        points = [p for p in points if p[1] is not None]
+        points = _points(models, runtime, "fp32", batch)
         kept = measured_front([p[:2] for p in points], task.higher_is_better)
         beaten = [p[2]["name"] for p, on in zip(points, kept) if not on]
         if beaten:
