@@ -92,7 +92,8 @@ def run_command(
                                    "(repeatable; the value is TOML)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """The whole job from one config: inspect, pretrain, train, search, export, report; resumable."""
+    """The whole job from one config: inspect, pretrain, train, search, export, report; resumable.
+    Under torchrun, every process trains (data parallel) and rank 0 runs the rest."""
     from onefit.run import ConfigError, load_config, run
 
     out = out or Path("runs") / config.stem
@@ -106,7 +107,8 @@ def run_command(
             raise typer.Exit(2)
         folder = run(parsed, out, restart_from=restart_from, progress=not quiet, echo=typer.echo,
                      source_text=config.read_text())
-    typer.echo(f"run folder: {folder.path}; report: {folder.path / 'report.html'}")
+    if folder is not None:  # None: a torchrun rank other than 0
+        typer.echo(f"run folder: {folder.path}; report: {folder.path / 'report.html'}")
 
 
 def _made_by_run(ctx: typer.Context, run: Path, stage: str, allowed: tuple = ("run", "trust_code")) -> bool:
@@ -126,7 +128,8 @@ def _run_stage(run: Path, stage: str, trust_code: bool, quiet: bool) -> None:
         _, config = run_folder_job(run)
         folder = run_stages(config, run, only=stage, trusted=trust_code, from_folder=True, progress=not quiet,
                             echo=typer.echo)
-    typer.echo(f"run folder: {folder.path}")
+    if folder is not None:
+        typer.echo(f"run folder: {folder.path}")
 
 
 @app.command("train")
@@ -135,7 +138,8 @@ def train_command(
     trust_code: bool = typer.Option(False, "--trust-code", help=TRUST_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """(Re)train a run folder's family from its recorded config; the search, export and report then redo."""
+    """(Re)train a run folder's family from its recorded config; the search, export and report then redo.
+    Under torchrun (torchrun --nproc-per-node N -m onefit train RUN), data parallel over N processes."""
     _run_stage(run, "train", trust_code, quiet)
 
 

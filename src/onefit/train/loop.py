@@ -23,7 +23,7 @@ from onefit.family import Family
 from onefit.progress import progress_bar
 from onefit.saved import restore_
 from onefit.tasks import ClassificationTask, Task, first_output
-from onefit.train import rng
+from onefit.train import distributed, rng
 from onefit.train.noise import GradientNoise
 from onefit.train.recipe import Recipe
 from onefit.train.sorted import SortedNetRecipe
@@ -73,6 +73,10 @@ def train(
     any iterable of batches: without ``len`` (an augmentation wrapper, a generator function's
     object) the batches of one pass are counted first for the schedule; a one-shot iterator needs
     ``cosine=False``.
+
+    Started by ``torchrun`` (a process group of several ranks initialised), the loop trains data
+    parallel (``onefit.train.distributed``): each rank its shard of every batch, the gradients
+    averaged across ranks at each optimizer step, only rank 0 writing the checkpoint.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -86,6 +90,9 @@ def train(
         raise ValueError(f"a cosine schedule needs data it can pass over more than once (a list, a DataLoader, any "
                          f"iterable object); "
                          f"got a one-shot {type(data).__name__}: pass cosine=False for a stream")
+    group = distributed.current()
+    if group is not None:
+        distributed.check_loader(data, group.world)
     outputs = output_size(family, family.example_inputs, task) if family is not None else None
     if teacher is not None:  # a teacher in train mode would update its batch-norm statistics on every batch
         teacher.eval()
@@ -105,8 +112,12 @@ def train(
             return family.history
     history = family.history if family is not None else []
     example = family.example_inputs if family is not None else None
+    stepper = noise or optimizer
+    if group is not None:  # one starting point, then gradients averaged at every step
+        distributed.broadcast_module(target)
+        stepper = distributed.SyncedOptimizer(stepper, group.world)
     target.train(recipe.train_mode)
-    with progress_bar(progress) as bar:
+    with progress_bar(progress and (group is None or group.leader)) as bar:  # one bar, rank 0's
         job = bar.add_task(f"training {'family' if family is not None else 'model'}",
                            total=None if n is None else (epochs - start) * n)
         for epoch in range(start, epochs):
@@ -114,21 +125,29 @@ def train(
             for i, batch in enumerate(data):
                 example = example or task.inputs(batch)  # a plain module: batches must agree with the first
                 task.check(batch, example, outputs)  # every batch: cheap, and a stream can change
+                if group is not None:
+                    batch = distributed.shard(batch, group.rank, group.world)
                 if cosine:
                     set_cosine_lr(optimizer, epoch * n + i, epochs * n)
-                losses.append(recipe.step(target, batch, noise or optimizer, teacher=teacher, task=task))
+                losses.append(recipe.step(target, batch, stepper, teacher=teacher, task=task))
                 bar.update(job, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {losses[-1]['loss_largest']:.3f}")
+            largest, mean = (sum(l[k] for l in losses) / max(len(losses), 1) for k in ("loss_largest", "loss_mean"))
+            if group is not None:  # the epoch's losses over the whole batch; one set of statistics
+                largest, mean = distributed.mean_across_ranks([largest, mean])
+                distributed.average_buffers(target)
             history.append({
                 "epoch": epoch + 1,
                 "seconds": round(time.perf_counter() - t0, 3),
-                "loss_largest": sum(l["loss_largest"] for l in losses) / max(len(losses), 1),
-                "loss_mean": sum(l["loss_mean"] for l in losses) / max(len(losses), 1),
+                "loss_largest": largest,
+                "loss_mean": mean,
                 **recipe.describe(),
                 **({"task": task.name} if task.name != "classification" else {}),
                 **({"gradient_noise": gradient_noise} if gradient_noise else {}),
             })
-            if checkpoint is not None:
+            if checkpoint is not None and (group is None or group.leader):
                 save_family(family, checkpoint, optimizer, _progress(recipe, epoch + 1, data, noise))
+            if group is not None:  # the others go on once the checkpoint is whole
+                distributed.barrier()
     target.eval()
     return history
 
