@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing else can pull a CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,bench,hf,openvino]'
+	$(PIP) -e '.[test,bench,hf,openvino,postgresql]'
 	touch $(STAMP)
 
 demo: $(STAMP)

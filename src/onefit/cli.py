@@ -120,14 +120,15 @@ def _made_by_run(ctx: typer.Context, run: Path, stage: str, allowed: tuple = ("r
     return all(n in allowed or getattr(ctx.get_parameter_source(n), "name", "") == "DEFAULT" for n in ctx.params)
 
 
-def _run_stage(run: Path, stage: str, trust_code: bool, quiet: bool) -> None:
-    """One stage of a run folder made by ``onefit run``, redone from its recorded config."""
+def _run_stage(run: Path, stage: str, trust_code: bool, quiet: bool, **options) -> None:
+    """One stage of a run folder made by ``onefit run``, redone from its recorded config;
+    ``options``: how to run it (``onefit.run.Job``'s), not what it computes."""
     from onefit.run import run as run_stages, run_folder_job
 
     with _failures():
         _, config = run_folder_job(run)
         folder = run_stages(config, run, only=stage, trusted=trust_code, from_folder=True, progress=not quiet,
-                            echo=typer.echo)
+                            echo=typer.echo, **options)
     if folder is not None:
         typer.echo(f"run folder: {folder.path}")
 
@@ -375,8 +376,14 @@ def search_command(
     objectives: str = typer.Option("error,macs,params", help="comma separated: error, params, macs, weight_bytes, "
                                    "latency_ms (when the family has a latency model)"),
     constraint: list[str] = typer.Option([], help="NAME<=BOUND, repeatable, e.g. --constraint params<=50000"),
-    storage: str = typer.Option(None, help="study storage: a path or database URL (default RUN/study.db)"),
+    storage: str = typer.Option(None, help="study storage: a path or database URL (default RUN/study.db), e.g. "
+                                "postgresql://user:password@host/db for workers on many machines"),
     study: str = typer.Option("onefit", help="study name inside the storage"),
+    workers_share: bool = typer.Option(False, "--workers-share", help="this process is one of several workers on "
+                                       "the study: the budget is the study's, no arch is evaluated twice, a dead "
+                                       "worker's claim is taken over, and the front printed is the whole study's"),
+    claim_timeout: float = typer.Option(120.0, "--claim-timeout", min=1.0, help="with --workers-share: seconds "
+                                        "without a heartbeat after which a worker's claim is taken over"),
     seed: int = typer.Option(0, help="searcher seed"),
     data: str = typer.Option(None, help="module:function returning (train, test) loaders, instead of the "
                              f"data config.json names (onefit {CODE_WARNING})"),
@@ -384,8 +391,12 @@ def search_command(
 ) -> None:
     """Search a trained family's accuracy / cost front; resumable; writes front.json, front.csv, plots.
     On a folder made by onefit run (no flags), redo its search stage (and what follows) from the config."""
-    if _made_by_run(ctx, run, "search"):
-        return _run_stage(run, "search", trust_code, False)
+    if workers_share and storage is None:
+        raise _bad("--workers-share", "needs --storage, a database every worker reaches (postgresql://...)")
+    if _made_by_run(ctx, run, "search", allowed=("run", "trust_code", "storage", "study", "workers_share",
+                                                 "claim_timeout")):
+        return _run_stage(run, "search", trust_code, False, storage=storage, study=study, share=workers_share,
+                          claim_timeout_s=claim_timeout)
     import onefit
     from onefit.data import validation_split
     from onefit.report.tables import front_table
@@ -409,7 +420,7 @@ def search_command(
         except ProblemError as err:  # an objective or a constraint the family cannot have
             raise _bad("--constraint" if "constraint" in str(err) else "--objectives", str(err)) from None
         front = search(problem, SEARCHERS[searcher](seed=seed), budget=budget, storage=storage or run / "study.db",
-                       study_name=study)
+                       study_name=study, share=workers_share, claim_timeout_s=claim_timeout)
         front.save_json(run / "front.json")
         front.save_csv(run / "front.csv")
         plots = plot_front(front, run / "plots")

@@ -34,11 +34,13 @@ class StageError(RuntimeError):
 
 def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, only: str | None = None,
         trusted: bool = True, from_folder: bool = False, progress: bool = True, echo: Callable[[str], None] = print,
-        source_text: str | None = None) -> RunFolder | None:
+        source_text: str | None = None, **options) -> RunFolder | None:
     """Run every stage of ``config`` not yet done in the folder ``out`` (or just ``only``, which
     then is redone even when done). ``source_text``: the config file as written, kept as
     ``config.toml`` beside the record. ``from_folder``: ``config`` was read back from the run
-    folder, so code it names is imported only when ``trusted`` (``onefit.trust``)."""
+    folder, so code it names is imported only when ``trusted`` (``onefit.trust``). ``options``: how
+    to run, not what (``Job``'s: ``storage``, ``study``, ``share``, ``claim_timeout_s`` for the
+    search). Under ``torchrun``, ranks other than 0 return None."""
     from onefit.run.stages import STAGE_FUNCTIONS
     from onefit.train import distributed
 
@@ -52,7 +54,7 @@ def run(config: RunConfig, out: str | Path, *, restart_from: str | None = None, 
 
         atomic_write(toml, source_text.encode())
     _write_data_record(folder, config)
-    job = Job(config, trusted=trusted, from_folder=from_folder)
+    job = Job(config, trusted=trusted, from_folder=from_folder, **options)
     selected = STAGES if only is None else (only,)
     todo = [s for s in selected if only is not None or not folder.done(s)]
     for stage in selected:

@@ -45,9 +45,13 @@ def _check_loader(data, key: str) -> Iterable:
 
 
 class Job:
-    def __init__(self, config: RunConfig, *, trusted: bool = True, from_folder: bool = False):
-        # from_folder: the config was read back from a run folder, not given by the caller
+    def __init__(self, config: RunConfig, *, trusted: bool = True, from_folder: bool = False,
+                 storage: str | None = None, study: str = "onefit", share: bool = False, claim_timeout_s: float = 120.0):
+        # from_folder: the config was read back from a run folder, not given by the caller. The
+        # search's study (storage, study, share, claim_timeout_s): where it is kept and whether
+        # other workers share it; how the job runs, never recorded (a URL may hold a password)
         self.config, self.trusted, self.from_folder = config, trusted, from_folder
+        self.storage, self.study, self.share, self.claim_timeout_s = storage, study, share, claim_timeout_s
 
     def _resolve(self, spec: str, key: str):
         from onefit.trust import bundled, import_path, resolve

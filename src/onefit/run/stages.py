@@ -134,6 +134,7 @@ def train_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
 def search_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
     """The search over the trained family on validation data, resumable per trial (its study)."""
     from onefit.search import SEARCHERS, ProblemError, family_problem, search
+    from onefit.search.study import hide_password
 
     section = job.config.search
     family = trained_family(job, folder)
@@ -145,11 +146,13 @@ def search_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
         raise JobError(f"search: {err}") from None
     seed = job.config.seed if section.seed is None else section.seed
     front = search(problem, SEARCHERS[section.searcher](seed=seed), budget=section.budget,
-                   storage=folder.path / "study.db", progress=progress)
+                   storage=job.storage or folder.path / "study.db", study_name=job.study, progress=progress,
+                   share=job.share, claim_timeout_s=job.claim_timeout_s)
     front.save_json(folder.path / "front.json")
     front.save_csv(folder.path / "front.csv")
+    shared = f"; the study shared by workers at {hide_password(str(job.storage))}" if job.share else ""
     return {"summary": f"{len(front)} sub-models on the front of {len(front.evaluated)} evaluated "
-                       f"({', '.join(section.objectives)}; validation data)"}
+                       f"({', '.join(section.objectives)}; validation data{shared})"}
 
 
 def export_stage(job: Job, folder: RunFolder, progress: bool) -> dict:

@@ -19,7 +19,8 @@ class SearchError(RuntimeError):
 
 
 def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | Path | None = None,
-           study_name: str = "onefit", progress: bool = True) -> Front:
+           study_name: str = "onefit", progress: bool = True, share: bool = False,
+           claim_timeout_s: float = 120.0) -> Front:
     """Evaluate up to ``budget`` distinct sub-models proposed by ``searcher``; return the Pareto front.
 
     With ``storage`` (a path or database URL) every evaluation is recorded as it finishes, and a
@@ -32,9 +33,24 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
     >>> front = search(toy_problem(), NSGA2Search(seed=0), budget=30, progress=False)
     >>> len(front.evaluated), front.best(size=8).arch
     (30, {'a': 4, 'b': 2, 'c': 8})
+
+    ``share``: this process is one of several workers on the study in ``storage`` (a database
+    every worker reaches, e.g. PostgreSQL): ``budget`` is the study's, each arch is claimed before
+    it is evaluated so none is evaluated twice, a claim not renewed for ``claim_timeout_s`` (its
+    worker died) is taken over, and the front returned is the whole study's
+    (``onefit.search.shared``).
     """
     if budget < 1:
         raise ValueError(f"search: budget must be a positive number of evaluations, got {budget}")
+    if share:
+        if storage is None:
+            raise ValueError("search: share=True needs a storage every worker reaches, e.g. postgresql://...")
+        from onefit.search.shared import shared_search
+
+        front, trials = shared_search(problem, searcher, budget=budget, storage=storage, study_name=study_name,
+                                      progress=progress, claim_timeout_s=claim_timeout_s)
+        _warn_if_infeasible(front, trials, problem)
+        return front
     study = MemoryStudy() if storage is None else Study(storage, problem, study_name)
     searcher = copy.deepcopy(searcher)
     searcher.setup(problem)
@@ -63,11 +79,15 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
         warnings.warn(f"{type(searcher).__name__} kept proposing archs already evaluated; stopped after "
                       f"{len(done)} of {budget} evaluations", stacklevel=2)
     front = Front(trials, problem.objectives)
+    _warn_if_infeasible(front, trials, problem)
+    return front
+
+
+def _warn_if_infeasible(front, trials, problem) -> None:
     if not front.trials and any(not t.failed for t in trials):
         closest = min((t for t in trials if not t.failed), key=lambda t: t.violation)
         warnings.warn(f"none of the {len(trials)} archs evaluated satisfies the constraints {problem.constraints}; "
-                      f"the closest has {({n: closest.metrics[n] for n in problem.constraints})}", stacklevel=2)
-    return front
+                      f"the closest has {({n: closest.metrics[n] for n in problem.constraints})}", stacklevel=3)
 
 
 def _stop_if_all_failed(trials, first: int = 5) -> None:

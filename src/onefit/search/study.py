@@ -8,10 +8,13 @@ most the evaluation in flight. A study remembers the problem it was made for (sp
 constraints) and refuses to be continued with another.
 
 Storage: a path (``runs/x/study.db``, made a SQLite URL) or any URL optuna accepts
-(``postgresql://...``), so several ``onefit search`` workers can share one study.
+(``postgresql://...``, driven by psycopg when psycopg2 is not installed), so several ``onefit
+search`` workers can share one study (``onefit.search.shared``).
 
->>> storage_url("postgresql://user@host/db")
-'postgresql://user@host/db'
+>>> storage_url("mysql://user@host/db")
+'mysql://user@host/db'
+>>> hide_password("postgresql://user:secret@host/db")
+'postgresql://user:***@host/db'
 >>> storage_url("postgresql:/host/db")
 Traceback (most recent call last):
 ...
@@ -47,12 +50,32 @@ def storage_url(storage: str | Path) -> str:
             raise StudyError(f"storage {text!r} looks like a URL but is not one: a database URL is "
                              "scheme://..., e.g. postgresql://user@host/db or sqlite:///runs/study.db; "
                              "or give a file path")
-        return text
+        return _with_driver(text, scheme.group(1))
     path = Path(text)
     if path.is_dir():
         path = path / "study.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path.resolve()}"
+
+
+def _with_driver(url: str, scheme: str) -> str:
+    """A ``postgresql://`` URL names no driver, and SQLAlchemy then wants psycopg2: use psycopg (3),
+    onefit's ``postgresql`` extra, when that is what is installed; say so when neither is."""
+    import importlib.util
+
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    if importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise StudyError(f"storage {hide_password(url)!r}: no PostgreSQL driver is installed; "
+                         "pip install 'onefit[postgresql]' (psycopg)")
+    return "postgresql+psycopg" + url[len(scheme):]
+
+
+def hide_password(url: str) -> str:
+    """``url`` with its password, if any, as ***."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 class Study:
@@ -62,7 +85,7 @@ class Study:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is noise here
-        self.problem, self.url = problem, storage_url(storage)
+        self.problem, self.url, self._seen = problem, storage_url(storage), -1
         self._study = self._open(name, len(problem.objectives))
         self._check_problem(name)
         self._distributions = {d.name: optuna.distributions.CategoricalDistribution(d.choices)
@@ -82,7 +105,8 @@ class Study:
                 if attempt + 1 < attempts and _is_race(exc):
                     time.sleep(0.05 * 2 ** attempt)
                     continue
-                raise StudyError(f"cannot open the study storage {self.url!r}: {type(exc).__name__}: {exc}") from exc
+                raise StudyError(f"cannot open the study storage {hide_password(self.url)!r}: "
+                                 f"{_reason(exc)}") from exc
 
     def _check_problem(self, name: str) -> None:
         wanted = json.loads(json.dumps(self.problem.describe()))  # tuples -> lists, as stored
@@ -97,11 +121,20 @@ class Study:
 
     def trials(self) -> list[Trial]:
         """Every finished trial (complete or failed), in the order they were recorded."""
+        return [Trial.from_json(t.user_attrs["onefit"]) for t in self._finished()]
+
+    def new_trials(self) -> list[Trial]:
+        """The finished trials recorded since the last call (by any process sharing the study)."""
+        fresh = [t for t in self._finished() if t.number > self._seen]
+        if fresh:
+            self._seen = max(t.number for t in fresh)
+        return [Trial.from_json(t.user_attrs["onefit"]) for t in fresh]
+
+    def _finished(self):
         import optuna
 
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-        return [Trial.from_json(t.user_attrs["onefit"]) for t in self._study.get_trials(deepcopy=False, states=states)
-                if "onefit" in t.user_attrs]
+        return [t for t in self._study.get_trials(deepcopy=False, states=states) if "onefit" in t.user_attrs]
 
     def record(self, trial: Trial) -> None:
         import optuna
@@ -110,6 +143,14 @@ class Study:
         self._study.add_trial(optuna.trial.create_trial(
             state=state, values=None if trial.failed else list(trial.values), params=dict(trial.arch),
             distributions=self._distributions, user_attrs={"onefit": trial.to_json()}))
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's own words for why it refused (the driver's message, without SQLAlchemy's
+    boilerplate), and the password never."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split("\n")[0].split())
+    return hide_password(f"{type(cause).__name__}: {text}")
 
 
 def _is_race(exc: BaseException) -> bool:
