@@ -35,6 +35,13 @@ def gpt2():
     return transformers.GPT2Model(config).eval(), (torch.randint(0, 100, (3, 12)),)
 
 
+def llama(kv_heads: int = 4):
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=kv_heads, use_cache=False)
+    torch.manual_seed(0)
+    return transformers.LlamaModel(config).eval(), (torch.randint(0, 100, (3, 12)),)
+
+
 def hidden(output):
     return output.last_hidden_state if hasattr(output, "last_hidden_state") else output
 
@@ -47,11 +54,11 @@ class LastHidden(torch.nn.Module):
         self.model = model
 
     def forward(self, x, mask=None):
-        kwargs = {"use_cache": False} if isinstance(self.model, transformers.GPT2Model) else {}
+        kwargs = {"use_cache": False} if isinstance(self.model, (transformers.GPT2Model, transformers.LlamaModel)) else {}
         return hidden(self.model(x, *(() if mask is None else (mask,)), **kwargs))
 
 
-@pytest.mark.parametrize("build", [bert, vit, gpt2], ids=["bert", "vit", "gpt2"])
+@pytest.mark.parametrize("build", [bert, vit, gpt2, llama], ids=["bert", "vit", "gpt2", "llama"])
 def test_encoder_heads_ffn_and_depth_contract(build, tmp_path):
     model, inputs = build()
     family = onefit.elasticize(model, inputs)
@@ -71,7 +78,7 @@ def test_encoder_heads_ffn_and_depth_contract(build, tmp_path):
         with torch.no_grad():
             assert (hidden(sub(*inputs)) - elastic).abs().max().item() <= 1e-5
         assert sum(p.numel() for p in sub.parameters()) == onefit.count_params(family, arch) < n_full
-    exporter = "dynamo" if build is gpt2 else "auto"  # GPT-2's mask uses aten::diff, unknown to torchscript export
+    exporter = "dynamo" if build in (gpt2, llama) else "auto"  # GPT-2's mask uses aten::diff, unknown to torchscript
     report = export(LastHidden(family.extract(family.space.min())), tmp_path / "sub.onnx", inputs, exporter=exporter)
     assert report.cosine > 0.99999
 
@@ -113,3 +120,65 @@ def test_encoder_coverage_is_pinned(build, pinned):
     assert (round(report.coverage, 4), round(report.reducible, 4), report.space_size) == pinned
     embeddings = [layer for layer in report.layers if "embed" in layer.name or layer.name in ("wte", "wpe")]
     assert embeddings and not any(layer.elastic for layer in embeddings)
+
+
+def test_grouped_query_attention_keeps_its_heads_whole_with_the_reason_and_shrinks_the_gated_mlp_and_depth():
+    model, inputs = llama(kv_heads=2)
+    family = onefit.elasticize(model, inputs)
+    assert {d.kind for d in family.space} == {"width", "depth"}
+    report = onefit.inspect(model, inputs)
+    q = next(layer for layer in report.layers if layer.name == "layers.0.self_attn.q_proj")
+    assert "grouped-query attention (2 key/value heads for 4 query heads)" in q.width_out
+    gate = family.space.max()["width:layers.0.mlp.gate_proj"]
+    arch = {**family.space.max(), "width:layers.0.mlp.gate_proj": gate // 4, "depth:layers": 2}
+    sub = family.extract(arch)
+    mlp = sub.layers[0].mlp  # gate and up outputs and down inputs shrink as one group
+    assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == gate // 4
+    assert len(sub.layers) == 2
+    with torch.no_grad(), family.activate(arch):
+        assert torch.allclose(hidden(sub(*inputs)), hidden(family(*inputs)), atol=1e-6)
+
+
+def test_a_seven_billion_parameter_llama_config_is_inspected_on_the_meta_device_in_seconds():
+    import resource
+
+    config = transformers.LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)  # Llama-2-7B
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(config)
+    report = onefit.inspect(model, (torch.zeros(1, 16, dtype=torch.long, device="meta"),))
+    seconds = time.perf_counter() - t0
+    assert report.params_max == sum(p.numel() for p in model.parameters()) > 6.7e9
+    assert report.space_size > 10 ** 30 and report.params_min < report.params_max / 5  # heads, FFN widths, depth
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert seconds < 20 and grown_mb < 1000, (seconds, grown_mb)  # 28 GB of weights were never allocated
+
+
+MEMORY = """
+import resource, torch, transformers, onefit
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+config = transformers.LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=6,
+                                  num_attention_heads=16, num_key_value_heads=4, use_cache=False)
+start = peak()
+model = transformers.LlamaForCausalLM(config).eval()
+weights = sum(p.numel() * p.element_size() for p in model.parameters())
+built = peak()
+family = onefit.elasticize(model, (torch.zeros(1, 8, dtype=torch.long),), copy_model=COPY)
+print(weights, built - start, peak() - start)
+"""
+
+
+def test_elasticizing_a_decoder_in_place_stays_within_twice_its_weights():
+    """copy_model=False: the family holds the model itself (the default copy would double it)."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", MEMORY.replace("COPY", "False")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights, built, peak = map(int, done.stdout.split()[-3:])
+    assert weights > 3e8  # a 0.1 B-parameter decoder, float32
+    assert peak < 2 * weights and peak - built < 0.2 * weights, (weights, built, peak)

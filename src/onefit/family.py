@@ -216,18 +216,28 @@ def elasticize(
     model: nn.Module,
     example_inputs: tuple,
     config: ElasticConfig | None = None,
+    *,
+    copy_model: bool = True,
 ) -> Family:
-    """Turn ``model`` into a Family. ``model`` itself is not changed.
+    """Turn ``model`` into a Family. ``model`` itself is not changed, unless ``copy_model=False``:
+    then its layers are replaced in place and the family holds ``model`` itself, which keeps a
+    large model within its own memory (elastic layers share the weights they replace; a copy
+    would double them).
 
     ``example_inputs`` is the tuple of positional inputs of one forward call; it is used to trace
-    the model and to learn every tensor's shape.
+    the model and to learn every tensor's shape. A model on the meta device (built under
+    ``torch.device("meta")``, no weights allocated) gets its plan and coverage too, for
+    ``onefit inspect`` of a model too large to hold.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"elasticize needs an nn.Module, got {type(model).__name__}")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     config = config or ElasticConfig()
-    module = copy.deepcopy(model)
+    from onefit.zoo import source
+
+    recorded = source(model)  # a zoo model rebuilds from its factory on load(); before any change
+    module = copy.deepcopy(model) if copy_model else model
     plan = analyze(module, tuple(example_inputs))
     for layer in plan.layers.values():
         plain = module.get_submodule(layer.name)
@@ -243,9 +253,7 @@ def elasticize(
         elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential
         replace_module(module, stage.name, elastic.from_plain(plain))
     family = Family(module, plan, config, tuple(example_inputs))
-    from onefit.zoo import source
-
-    family.source = source(model)  # a zoo model rebuilds from its factory on load()
+    family.source = recorded
     if len(family.space) == 0:
         reasons = sorted({g.frozen for g in plan.groups.values() if g.frozen} | set(plan.notes))
         raise ValueError(

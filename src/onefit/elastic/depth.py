@@ -45,5 +45,12 @@ class ElasticModuleList(nn.ModuleList):
         blocks = list(super().__iter__())
         return iter(blocks if self.active_depth is None else blocks[: self.active_depth])
 
+    def __getitem__(self, index):
+        """A slice of the active blocks (``self.layers[:config.num_hidden_layers]`` in Llama's
+        forward runs the active depth); an integer indexes every block, active or not."""
+        if isinstance(index, slice):
+            return nn.ModuleList(list(self)[index])
+        return super().__getitem__(index)
+
     def to_plain(self, depth: int) -> nn.ModuleList:
         return nn.ModuleList(list(super().__iter__())[:depth])

@@ -1,40 +1,65 @@
-"""Plans for Hugging Face transformer encoders (BERT, MiniLM, ViT, ...), which torch.fx cannot trace.
+"""Plans for Hugging Face transformers (BERT, MiniLM, ViT, GPT-2, Llama-family decoders), which
+torch.fx cannot trace.
 
 Their structure is regular, so it is read off the modules instead of a graph: every block of
-``<encoder>.layer`` (BERT), ``<model>.layers`` (ViT) or ``<model>.h`` (GPT-2) gets a ``heads`` dimension (query, key and value outputs shrink by whole
-heads, the attention output projection's inputs follow) and an FFN ``width`` dimension; the
-encoder's ``layer`` list is a depth stage. The hidden size, the residual stream every block reads
-and writes, is kept whole. This relies on the attention reshaping with ``-1`` heads, as
-transformers 5 does, so a block with fewer heads runs unchanged.
+``<encoder>.layer`` (BERT), ``<model>.layers`` (ViT, Llama) or ``<model>.h`` (GPT-2) gets a
+``heads`` dimension (query, key and value outputs shrink by whole heads, the attention output
+projection's inputs follow) and an FFN ``width`` dimension (a gated MLP's gate and up outputs
+and its down projection's inputs are one group); the block list is a depth stage. The hidden
+size, the residual stream every block reads and writes, is kept whole. This relies on the
+attention reshaping with ``-1`` heads, as transformers 5 does, so a block with fewer heads runs
+unchanged.
+
+Grouped-query attention (fewer key/value heads than query heads, ``num_key_value_groups`` > 1)
+keeps its heads whole, with that reason: its query heads would have to shrink inside each
+key/value group, which slicing a prefix of the heads does not do.
+
+>>> sorted(LAYOUTS)
+['bert', 'gpt2', 'llama', 'vit']
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
 
-# Block layouts, relative to one block:
-# (self-attention module, its q/k/v, attention output, FFN in, FFN out, head-size attribute)
+@dataclass(frozen=True)
+class Layout:
+    """Where one block keeps its parts, relative to the block."""
+
+    attention: str  # the self-attention module
+    qkv: tuple[str, ...]  # its query, key and value projections (one when fused)
+    out: str  # the attention's output projection
+    ffn_in: tuple[str, ...]  # the FFN's input projections (gate and up for a gated MLP)
+    ffn_out: str  # the FFN's output projection
+    head_size: str  # the attention's attribute holding the size of one head
+
+
 LAYOUTS = {
-    "bert": ("attention.self", ("query", "key", "value"), "attention.output.dense", "intermediate.dense",
-             "output.dense", "attention_head_size"),
-    "vit": ("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", "mlp.fc1", "mlp.fc2", "head_dim"),
+    "bert": Layout("attention.self", ("query", "key", "value"), "attention.output.dense", ("intermediate.dense",),
+                   "output.dense", "attention_head_size"),
+    "vit": Layout("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", ("mlp.fc1",), "mlp.fc2", "head_dim"),
     # GPT-2: one fused q|k|v projection (transformers' Conv1D), split by the attention's split_size
-    "gpt2": ("attn", ("c_attn",), "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "head_dim"),
+    "gpt2": Layout("attn", ("c_attn",), "attn.c_proj", ("mlp.c_fc",), "mlp.c_proj", "head_dim"),
+    # Llama, Mistral, Qwen2, SmolLM, ...: a gated MLP, RMSNorm, rotary positions
+    "llama": Layout("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"),
+                    "mlp.down_proj", "head_dim"),
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
+GQA = ("grouped-query attention ({kv} key/value heads for {q} query heads): its query heads would have to "
+       "shrink inside each key/value group; kept whole")
 
 
-def _layout(block: nn.Module) -> tuple | None:
+def _layout(block: nn.Module) -> Layout | None:
     names = {n for n, _ in block.named_modules()}
     for layout in LAYOUTS.values():
-        attn, qkv, out, ffn_in, ffn_out, _ = layout
-        if {f"{attn}.{q}" for q in qkv} | {out, ffn_in, ffn_out} <= names:
+        if {f"{layout.attention}.{q}" for q in layout.qkv} | {layout.out, *layout.ffn_in, layout.ffn_out} <= names:
             return layout
     return None
 
@@ -58,7 +83,23 @@ def _out_features(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.nf
 
 
+def _in_features(module: nn.Module) -> int:
+    return module.in_features if isinstance(module, nn.Linear) else module.weight.shape[0]
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether ``model``'s weights are on the meta device (shapes without storage)."""
+    return any(p.is_meta for p in model.parameters())
+
+
 def _linear_shapes(model: nn.Module, example_inputs: tuple) -> dict[str, tuple[tuple, tuple]]:
+    """(input shape, output shape) of every linear layer in one forward on the example; for a
+    model on the meta device, which cannot run transformers' data-dependent mask code, every
+    linear layer is taken to see the example's positions (a sequence of token ids)."""
+    if on_meta(model):
+        positions = tuple(example_inputs[0].shape)
+        return {name: ((*positions, _in_features(m)), (*positions, _out_features(m)))
+                for name, m in model.named_modules() if _is_linear(m)}
     shapes, hooks = {}, []
     for name, module in model.named_modules():
         if _is_linear(module):
@@ -98,23 +139,36 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
     stages, bindings = [], []
     for path in encoders:
         blocks = model.get_submodule(path)
-        hidden = new_group(_out_features(blocks[0].get_submodule(_layout(blocks[0])[2])), frozen=HIDDEN,
+        hidden = new_group(_out_features(blocks[0].get_submodule(_layout(blocks[0]).out)), frozen=HIDDEN,
                            label=f"{path}.hidden")
         for i, block in enumerate(blocks):
-            attn, qkv, out, ffn_in, ffn_out, head_attr = _layout(block)
-            b = f"{path}.{i}"
-            head_size = getattr(block.get_submodule(attn), head_attr)
-            fused = 3 if len(qkv) == 1 else 1  # one projection holding q, k and v side by side
-            heads = new_group(_out_features(block.get_submodule(f"{attn}.{qkv[0]}")) // fused, multiple=head_size,
-                              kind="heads", label=f"{b}.{attn}", producers=[f"{b}.{attn}.{q}" for q in qkv])
-            for q in qkv:
-                linear(f"{b}.{attn}.{q}", hidden, heads, segments=fused)
+            layout = _layout(block)
+            b, attn = f"{path}.{i}", block.get_submodule(layout.attention)
+            head_size = getattr(attn, layout.head_size)
+            fused = 3 if len(layout.qkv) == 1 else 1  # one projection holding q, k and v side by side
+            qkv = [f"{b}.{layout.attention}.{q}" for q in layout.qkv]
+            query_channels = _out_features(model.get_submodule(qkv[0])) // fused
+            groups_per_kv = getattr(attn, "num_key_value_groups", 1)
+            frozen = GQA.format(kv=query_channels // head_size // groups_per_kv, q=query_channels // head_size) \
+                if groups_per_kv > 1 else None
+            heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
+                              producers=qkv[:1] if frozen else qkv, frozen=frozen)
+            if frozen:  # the key/value projections are narrower than the queries: their own whole group
+                kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=frozen, label=f"{b}.kv")
+                linear(qkv[0], hidden, heads)
+                for name in qkv[1:]:
+                    linear(name, hidden, kv)
+            else:
+                for name in qkv:
+                    linear(name, hidden, heads, segments=fused)
             if fused > 1:
-                bindings.append((f"{b}.{attn}", "split_size", heads))
-            linear(f"{b}.{out}", heads, hidden)
-            ffn = new_group(_out_features(block.get_submodule(ffn_in)), producers=[f"{b}.{ffn_in}"])
-            linear(f"{b}.{ffn_in}", hidden, ffn)
-            linear(f"{b}.{ffn_out}", ffn, hidden)
+                bindings.append((f"{b}.{layout.attention}", "split_size", heads))
+            linear(f"{b}.{layout.out}", heads, hidden)
+            ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
+            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])), producers=ffn_in)
+            for name in ffn_in:
+                linear(name, hidden, ffn)
+            linear(f"{b}.{layout.ffn_out}", ffn, hidden)
         stages.append(StagePlan(path, len(blocks), 1))
     for name in shapes:  # other Linear layers (poolers, heads): whole, but their MACs count
         if name not in layers:
