@@ -44,6 +44,10 @@ def _finish(job: subprocess.Popen) -> None:
 def _study(url, name):
     import optuna
 
+    if url.endswith(".journal"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        url = JournalStorage(JournalFileBackend(url))
     return optuna.load_study(study_name=name, storage=url)
 
 
@@ -68,10 +72,14 @@ def test_four_workers_evaluate_the_study_budget_exactly_once_each_and_all_see_th
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_evaluation_leaves_its_claim_to_one_other_worker(database, tmp_path):
-    from onefit.search.claims import Claims
+@pytest.mark.parametrize("kind", ["postgresql", "journal"])
+def test_a_worker_killed_mid_evaluation_leaves_its_claim_to_one_other_worker(kind, database, tmp_path):
+    """On a database, and on optuna's journal file (a shared file system, no database)."""
+    from onefit.search.claims import claims_for
+    from onefit.search.study import storage_url
 
-    url, name = database, "killed"
+    url = database if kind == "postgresql" else str(tmp_path / "study.journal")
+    name = "killed"
     doomed = _start(url, tmp_path / "doomed.json", "--budget", "60", "--study", name, "--hang-after", "2",
                     "--timeout", "2")
     hung = (tmp_path / "doomed.hung")
@@ -90,7 +98,7 @@ def test_a_worker_killed_mid_evaluation_leaves_its_claim_to_one_other_worker(dat
     assert len(keys) == 60 and len(set(keys)) == 60
     lost = tuple(sorted(json.loads(hung.read_text()).items()))
     assert lost in keys  # evaluated by the worker that took the claim over
-    claims = Claims(url, name)
+    claims = claims_for(storage_url(url), name)
     assert claims.takeovers() == 1 and claims.pending() == 0
 
 
@@ -140,3 +148,27 @@ def test_a_postgresql_url_without_a_driver_installed_says_which_to_install(monke
 def test_share_needs_a_storage():
     with pytest.raises(ValueError, match="share=True needs a storage"):
         search(toy_problem(), NSGA2Search(), budget=3, share=True)
+
+
+@pytest.mark.slow
+def test_onefit_search_on_a_run_folder_joins_a_shared_study_and_records_no_password(database, tmp_path):
+    from typer.testing import CliRunner
+
+    from onefit.cli import app
+    from onefit.demo import example_config
+    from onefit.run import run
+
+    out = tmp_path / "digits"
+    run(example_config("digits", ["pretrain.epochs=0", "train.epochs=1", "search.budget=6", "export.max_models=1",
+                                  "targets.repeats=3", "targets.precisions=['fp32']", "targets.batch_sizes=[1]",
+                                  "model.kwargs.widths=[8, 16]", "model.kwargs.blocks=[2, 2]"]),
+        out, progress=False, echo=lambda line: None)
+    said = CliRunner().invoke(app, ["search", str(out), "--storage", database, "--study", "run", "--workers-share",
+                                    "--claim-timeout", "30"])
+    assert said.exit_code == 0, said.output
+    assert "the study shared by workers at postgresql+psycopg://onefit:***@127.0.0.1" in said.output
+    assert postgres.PASSWORD not in said.output and postgres.PASSWORD not in (out / "run.json").read_text()
+    assert len(_study(database, "run").get_trials()) == 6 and (out / "front.json").exists()
+    assert "to redo with it: export, report" in said.output
+    bad = CliRunner().invoke(app, ["search", str(out), "--workers-share"])
+    assert bad.exit_code == 2 and "needs --storage" in bad.output

@@ -371,7 +371,8 @@ def _parse_constraints(items: list[str]) -> dict[str, float]:
 def search_command(
     ctx: typer.Context,
     run: Path = typer.Argument(..., help="run folder holding family/ and config.json naming its data"),
-    searcher: str = typer.Option("linas", help="random, nsga2, linas (predictor-assisted), n2n or tree"),
+    searcher: str = typer.Option("linas", help="random, nsga2, optuna_nsga2 (optuna's sampler), linas "
+                                 "(predictor-assisted), n2n or tree"),
     budget: int = typer.Option(100, min=1, help="evaluations (a resumed study counts those it has)"),
     objectives: str = typer.Option("error,macs,params", help="comma separated: error, params, macs, weight_bytes, "
                                    "latency_ms (when the family has a latency model)"),

@@ -7,6 +7,7 @@ from onefit.search.predictor import PredictorSearch
 from onefit.search.n2n import N2NSearch
 from onefit.search.loop import SearchError, search
 from onefit.search.nsga2 import NSGA2Search
+from onefit.search.optuna_nsga2 import OptunaNSGA2Search
 from onefit.search.pareto import Front
 from onefit.search.problem import Metric, Problem, ProblemError
 from onefit.search.random_search import RandomSearch
@@ -17,11 +18,12 @@ from onefit.search.mcts import TreeSearch
 SEARCHERS: dict[str, type[Searcher]] = {
     "random": RandomSearch,
     "nsga2": NSGA2Search,
+    "optuna_nsga2": OptunaNSGA2Search,
     "linas": PredictorSearch,
     "n2n": N2NSearch,
     "tree": TreeSearch,
 }
 
-__all__ = ["Front", "Metric", "N2NSearch", "NSGA2Search", "PredictorSearch", "Problem",
+__all__ = ["Front", "Metric", "N2NSearch", "NSGA2Search", "OptunaNSGA2Search", "PredictorSearch", "Problem",
     "ProblemError", "RandomSearch", "SEARCHERS",
            "SearchError", "Searcher", "Study", "StudyError", "Trial", "TreeSearch", "family_problem", "search"]

@@ -11,7 +11,10 @@ A worker renews its claim's heartbeat while it evaluates. A claim whose heartbea
 the timeout belongs to a worker that died: one other worker takes it over (an atomic update that
 only one can win), and evaluates the arch again unless its trial was recorded before the death.
 
-Any SQL database optuna stores studies in works (PostgreSQL, MySQL, SQLite on one machine).
+Any SQL database optuna stores studies in works (PostgreSQL, MySQL, SQLite on one machine). A
+study in optuna's journal file on a shared file system (a cluster without a database) gets
+``FileClaims``: the same claims as files created exclusively beside the journal, heartbeats as
+their modification times (the file server's clock).
 
 >>> claims = Claims("sqlite://", "demo")   # in memory, for the example
 >>> claims.claim("k1", {"a": 1}, budget=2), claims.claim("k1", {"a": 1}, budget=2)
@@ -25,10 +28,13 @@ Any SQL database optuna stores studies in works (PostgreSQL, MySQL, SQLite on on
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
+JOURNAL = "journal:"  # onefit.search.study's name for a study kept in optuna's journal file
 NOW = {  # the database server's clock, in seconds since 1970
     "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())",
     "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
@@ -201,3 +207,110 @@ class _Heartbeat:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+def claims_for(url: str, study: str, *, timeout_s: float = 120.0):
+    """The claims that suit the study's storage: a journal file's, or a database's."""
+    if url.startswith(JOURNAL):
+        return FileClaims(Path(url[len(JOURNAL):] + ".claims") / study, timeout_s=timeout_s)
+    return Claims(url, study, timeout_s=timeout_s)
+
+
+class FileClaims:
+    """``Claims`` kept as files in ``folder`` on a file system every worker mounts. Each claim,
+    slot, takeover and finish is one file created with O_CREAT | O_EXCL, which only one process
+    can win (NFS v3 and later honour it)."""
+
+    def __init__(self, folder: str | Path, *, timeout_s: float = 120.0):
+        if timeout_s <= 0:
+            raise ValueError(f"claim timeout must be > 0 seconds, got {timeout_s}")
+        self.folder, self.timeout_s, self.worker = Path(folder), timeout_s, uuid.uuid4().hex[:12]
+        for sub in ("keys", "slots", "done", "takeovers", "workers"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def _create(self, path: Path, text: str = "") -> bool:
+        """Create ``path``; False when it exists (another process made it first)."""
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def _key(self, key: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def _count(self, sub: str) -> int:
+        return sum(1 for _ in (self.folder / sub).iterdir())
+
+    def register(self) -> int:
+        while True:
+            number = self._count("workers") + 1
+            if self._create(self.folder / "workers" / str(number), self.worker):
+                return number
+
+    def claim(self, key: str, arch: dict, budget: int) -> bool | None:
+        row = self._key(key)
+        if (self.folder / "keys" / row).exists():
+            return False
+        if self.claimed() >= budget:
+            return None
+        if not self._create(self.folder / "keys" / row, json.dumps({"arch": arch, "worker": self.worker})):
+            return False
+        while (slot := self.claimed()) < budget:  # the key is ours: now one slot below the budget
+            if self._create(self.folder / "slots" / str(slot), row):
+                return True
+        (self.folder / "keys" / row).unlink()  # the budget filled up meanwhile: let the key go
+        return None
+
+    def claimed(self) -> int:
+        return self._count("slots")
+
+    def adopt(self, key: str, arch: dict) -> None:
+        self.claim(key, arch, budget=2 ** 31)
+        self.finish(key)
+
+    def beat(self, key: str) -> None:
+        os.utime(self.folder / "keys" / self._key(key))
+
+    def finish(self, key: str) -> None:
+        self._create(self.folder / "done" / self._key(key))
+
+    def _pending(self) -> list[Path]:
+        done = {p.name for p in (self.folder / "done").iterdir()}
+        return [p for p in (self.folder / "keys").iterdir() if p.name not in done]
+
+    def pending(self) -> int:
+        return len(self._pending())
+
+    def _now(self) -> float:
+        """The file server's clock: the modification time of a file touched now."""
+        probe = self.folder / f"clock-{self.worker}"
+        probe.touch()
+        return probe.stat().st_mtime
+
+    def take_over(self) -> dict | None:
+        now = self._now()
+        for path in self._pending():
+            takeovers = self._takeovers_of(path.name)  # counted first: a takeover made after this is seen below
+            try:  # a takeover's file is as fresh as a beat
+                beat = max([path.stat().st_mtime, *(t.stat().st_mtime for t in takeovers)])
+            except FileNotFoundError:  # let go meanwhile (the budget filled up)
+                continue
+            if now - beat > self.timeout_s and self._create(
+                    self.folder / "takeovers" / f"{path.name}.{len(takeovers) + 1}", self.worker):
+                os.utime(path)
+                return json.loads(path.read_text())["arch"]
+        return None
+
+    def _takeovers_of(self, row: str) -> list[Path]:
+        return [p for p in (self.folder / "takeovers").iterdir() if p.name.split(".")[0] == row]
+
+    def takeovers(self) -> int:
+        return self._count("takeovers")
+
+    def heartbeat(self, key: str):
+        return _Heartbeat(self, key)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from onefit.progress import progress_bar
 from onefit.search.base import Searcher
-from onefit.search.claims import Claims
+from onefit.search.claims import claims_for
 from onefit.search.loop import _stop_if_all_failed
 from onefit.search.pareto import Front
 from onefit.search.problem import Problem
@@ -47,7 +47,7 @@ def shared_search(problem: Problem, searcher: Searcher, *, budget: int, storage:
                   progress: bool, claim_timeout_s: float = 120.0, poll_s: float = 0.2) -> tuple[Front, list]:
     """One worker of a shared search; returns the study's front and every trial in the study."""
     study = Study(storage, problem, study_name)  # refuses a study made for another problem, writing nothing
-    claims = Claims(study.url, study_name, timeout_s=claim_timeout_s)
+    claims = claims_for(study.url, study_name, timeout_s=claim_timeout_s)
     number = claims.register()
     searcher = copy.deepcopy(searcher)
     searcher.seed += RESEED * (number - 1)

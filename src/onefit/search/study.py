@@ -7,7 +7,8 @@ once, when its evaluation has finished, in one transaction: a search killed at a
 most the evaluation in flight. A study remembers the problem it was made for (space, objectives,
 constraints) and refuses to be continued with another.
 
-Storage: a path (``runs/x/study.db``, made a SQLite URL) or any URL optuna accepts
+Storage: a path (``runs/x/study.db``, made a SQLite URL), a path ending in ``.journal`` (optuna's
+journal file, for workers on a shared file system without a database) or any URL optuna accepts
 (``postgresql://...``, driven by psycopg when psycopg2 is not installed), so several ``onefit
 search`` workers can share one study (``onefit.search.shared``).
 
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 from onefit.search.base import Trial
+from onefit.search.claims import JOURNAL
 
 PROBLEM_ATTR = "onefit:problem"
 
@@ -55,6 +57,8 @@ def storage_url(storage: str | Path) -> str:
     if path.is_dir():
         path = path / "study.db"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".journal":  # optuna's journal file: workers on a shared file system, no database
+        return f"{JOURNAL}{path.resolve()}"
     return f"sqlite:///{path.resolve()}"
 
 
@@ -97,9 +101,14 @@ class Study:
         the database locked): the loser retries, and then finds what the winner made."""
         import optuna
 
+        storage = self.url
+        if storage.startswith(JOURNAL):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            storage = JournalStorage(JournalFileBackend(storage[len(JOURNAL):]))
         for attempt in range(attempts):
             try:
-                return optuna.create_study(storage=self.url, study_name=name, load_if_exists=True,
+                return optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                            directions=["minimize"] * n_objectives)
             except Exception as exc:  # optuna raises many types for bad URLs, drivers and files
                 if attempt + 1 < attempts and _is_race(exc):
