@@ -182,3 +182,40 @@ def test_elasticizing_a_decoder_in_place_stays_within_twice_its_weights():
     weights, built, peak = map(int, done.stdout.split()[-3:])
     assert weights > 3e8  # a 0.1 B-parameter decoder, float32
     assert peak < 2 * weights and peak - built < 0.2 * weights, (weights, built, peak)
+
+
+LAYOUT_CONFIGS = {  # transformers' own config classes, tiny, random weights; the kinds each shrinks by
+    "mistral": (lambda: transformers.MistralConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, use_cache=False),
+                {"heads", "width", "depth"}),
+    "qwen2": (lambda: transformers.Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=4, use_cache=False), {"heads", "width", "depth"}),
+    "gemma": (lambda: transformers.GemmaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=4, head_dim=8, use_cache=False), {"heads", "width", "depth"}),
+    "phi3": (lambda: transformers.Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, use_cache=False), {"depth"}),
+    "distilbert": (lambda: transformers.DistilBertConfig(vocab_size=100, dim=32, hidden_dim=64, n_layers=2, n_heads=4),
+                   {"heads", "width", "depth"}),
+    "roberta": (lambda: transformers.RobertaConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+                num_hidden_layers=2, num_attention_heads=4), {"heads", "width", "depth"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_CONFIGS))
+def test_each_layout_gives_an_exact_family(name):
+    """The largest arch is the original; extraction equals the elastic forward (smallest, random)."""
+    config, kinds = LAYOUT_CONFIGS[name]
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(config()).eval()
+    ids = torch.randint(3, 100, (2, 7))
+    family = onefit.elasticize(model, (ids[:1],))
+    assert {d.kind for d in family.space} == kinds
+    with torch.no_grad():
+        assert torch.equal(hidden(family(ids)), hidden(model(ids)))
+        for arch in (family.space.min(), family.space.sample(random.Random(1))):
+            with family.activate(arch):
+                elastic = hidden(family(ids))
+            assert torch.allclose(hidden(family.extract(arch).eval()(ids)), elastic, atol=1e-6)
+    if name == "phi3":  # its fused projections stay whole, with the reasons
+        notes = " ".join(layer.width_out for layer in onefit.inspect(model, (ids[:1],)).layers)
+        assert "fused qkv_proj is split at offsets" in notes and "fused gate_up_proj is split in halves" in notes

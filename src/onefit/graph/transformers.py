@@ -2,7 +2,8 @@
 torch.fx cannot trace.
 
 Their structure is regular, so it is read off the modules instead of a graph: every block of
-``<encoder>.layer`` (BERT), ``<model>.layers`` (ViT, Llama) or ``<model>.h`` (GPT-2) gets a
+``<encoder>.layer`` (BERT, RoBERTa, DistilBERT), ``<model>.layers`` (ViT, Llama, Mistral, Qwen2,
+Gemma, Phi-3) or ``<model>.h`` (GPT-2) gets a
 ``heads`` dimension (query, key and value outputs shrink by whole heads, the attention output
 projection's inputs follow) and an FFN ``width`` dimension (a gated MLP's gate and up outputs
 and its down projection's inputs are one group); the block list is a depth stage. The hidden
@@ -15,7 +16,7 @@ keeps its heads whole, with that reason: its query heads would have to shrink in
 key/value group, which slicing a prefix of the heads does not do.
 
 >>> sorted(LAYOUTS)
-['bert', 'gpt2', 'llama', 'vit']
+['bert', 'distilbert', 'gpt2', 'llama', 'phi3', 'vit']
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Layout:
     ffn_in: tuple[str, ...]  # the FFN's input projections (gate and up for a gated MLP)
     ffn_out: str  # the FFN's output projection
     head_size: str  # the attention's attribute holding the size of one head
+    fixed_heads: str | None = None  # why this layout's heads cannot shrink, if they cannot
+    fixed_ffn: str | None = None  # why its FFN width cannot, if it cannot
 
 
 LAYOUTS = {
@@ -46,9 +49,17 @@ LAYOUTS = {
     "vit": Layout("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", ("mlp.fc1",), "mlp.fc2", "head_dim"),
     # GPT-2: one fused q|k|v projection (transformers' Conv1D), split by the attention's split_size
     "gpt2": Layout("attn", ("c_attn",), "attn.c_proj", ("mlp.c_fc",), "mlp.c_proj", "head_dim"),
-    # Llama, Mistral, Qwen2, SmolLM, ...: a gated MLP, RMSNorm, rotary positions
+    # Llama, Mistral, Qwen2, Gemma, SmolLM, ...: a gated MLP, RMSNorm, rotary positions
     "llama": Layout("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"),
                     "mlp.down_proj", "head_dim"),
+    "distilbert": Layout("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", ("ffn.lin1",), "ffn.lin2",
+                         "attention_head_size"),
+    # Phi-3: q|k|v fused and split at offsets its config fixes; gate|up fused and split in halves
+    "phi3": Layout("self_attn", ("qkv_proj",), "self_attn.o_proj", ("mlp.gate_up_proj",), "mlp.down_proj", "head_dim",
+                   fixed_heads="its fused qkv_proj is split at offsets the model's config fixes "
+                               "(num_attention_heads x head_dim); kept whole",
+                   fixed_ffn="its fused gate_up_proj is split in halves, which a prefix of its outputs does not "
+                             "keep aligned; kept whole"),
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
@@ -149,11 +160,13 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             qkv = [f"{b}.{layout.attention}.{q}" for q in layout.qkv]
             query_channels = _out_features(model.get_submodule(qkv[0])) // fused
             groups_per_kv = getattr(attn, "num_key_value_groups", 1)
-            frozen = GQA.format(kv=query_channels // head_size // groups_per_kv, q=query_channels // head_size) \
-                if groups_per_kv > 1 else None
+            frozen = layout.fixed_heads or (GQA.format(kv=query_channels // head_size // groups_per_kv,
+                                                       q=query_channels // head_size) if groups_per_kv > 1 else None)
             heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
                               producers=qkv[:1] if frozen else qkv, frozen=frozen)
-            if frozen:  # the key/value projections are narrower than the queries: their own whole group
+            if frozen and fused > 1:  # one fused projection, whole
+                linear(qkv[0], hidden, heads)
+            elif frozen:  # the key/value projections are narrower than the queries: their own whole group
                 kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=frozen, label=f"{b}.kv")
                 linear(qkv[0], hidden, heads)
                 for name in qkv[1:]:
@@ -161,14 +174,17 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             else:
                 for name in qkv:
                     linear(name, hidden, heads, segments=fused)
-            if fused > 1:
+            if fused > 1 and not frozen:
                 bindings.append((f"{b}.{layout.attention}", "split_size", heads))
             linear(f"{b}.{layout.out}", heads, hidden)
             ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
-            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])), producers=ffn_in)
+            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])), producers=ffn_in, frozen=layout.fixed_ffn)
             for name in ffn_in:
                 linear(name, hidden, ffn)
-            linear(f"{b}.{layout.ffn_out}", ffn, hidden)
+            down = f"{b}.{layout.ffn_out}"
+            if layout.fixed_ffn:  # the fused outputs are not the down projection's inputs one to one
+                ffn = new_group(_in_features(model.get_submodule(down)), frozen=layout.fixed_ffn, label=f"{down}.in")
+            linear(down, ffn, hidden)
         stages.append(StagePlan(path, len(blocks), 1))
     for name in shapes:  # other Linear layers (poolers, heads): whole, but their MACs count
         if name not in layers:
