@@ -33,7 +33,7 @@ def test_search_benchmarks_quick_runs_write_json_markdown_and_plot(tmp_path):
     import search_efficiency
 
     result = search_efficiency.main(["--quick", "--out", str(tmp_path)])
-    assert set(result["runs"]) == {"random", "nsga2", "linas", "n2n", "tree"}
+    assert set(result["runs"]) == {"random", "nsga2", "optuna_nsga2", "linas", "n2n", "tree"}
     assert all(len(r["values"]) == 12 and 0 <= r["hypervolume"][-1] <= 1 for rs in result["runs"].values() for r in rs)
     assert (tmp_path / "search_efficiency.png").stat().st_size > 1000
     assert "| searcher |" in (tmp_path / "search_efficiency.md").read_text()

@@ -106,6 +106,27 @@ def _onefit_run(out: Path, wait: bool = True):
     return done.stdout
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it, all at once (as a cluster's scheduler does)."""
+    tree, found = {pid}, True
+    while found:
+        found = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            child, parent = int(stat.parent.name), int(fields[1])
+            if parent in tree and child not in tree:
+                tree.add(child)
+                found = True
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _epochs(folder: Path) -> int:
     try:
         return json.loads((folder / "family.json").read_text())["progress"]["epoch"]
@@ -129,7 +150,7 @@ def test_onefit_run_under_torchrun_trains_on_every_rank_and_onefit_train_resumes
     deadline = time.time() + 300
     while _epochs(killed / "family") < 1 and job.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # the agent and both ranks, mid-training
+    _kill_tree(job.pid)  # the agent and both ranks (torchrun starts each rank in a session of its own)
     job.wait()
     held = _epochs(killed / "family")
     assert 1 <= held < 3, f"killed after {held} epochs"

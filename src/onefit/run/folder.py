@@ -90,7 +90,8 @@ class RunFolder:
     def open(cls, path, config: dict, restart_from: str | None = None) -> "RunFolder":
         """Start a new run in ``path``, or continue the one there. A different config is refused
         (with the difference) unless ``restart_from`` names a stage no earlier than the first the
-        change affects; that stage and every later one are then redone."""
+        change affects; that stage and every later one are then redone. A ``restart_from`` stage
+        that was stopped midway with the same config (killed) resumes where it stopped."""
         path = Path(path)
         if restart_from is not None and restart_from not in STAGES:
             raise RunError(f"--restart-from: {restart_from!r} is not a stage; choose one of {', '.join(STAGES)}")
@@ -113,9 +114,15 @@ class RunFolder:
         if changes or restart_from is not None:
             folder.record["config"] = config
             for stage in STAGES[STAGES.index(restart_from):] if restart_from is not None else ():
-                folder.record["stages"].pop(stage, None)
+                if not (stage == restart_from and not changes and folder.unfinished(stage)):
+                    folder.record["stages"].pop(stage, None)  # a stage stopped midway resumes instead
             folder.save()
         return folder
+
+    def unfinished(self, stage: str) -> bool:
+        """Whether ``stage`` was started with this config and stopped before it finished."""
+        entry = self.record["stages"].get(stage, {})
+        return "finished" not in entry and entry.get("digest") == stage_digest(self.config, stage)
 
     @classmethod
     def read(cls, path) -> "RunFolder":

@@ -16,6 +16,10 @@ sub-model: the rest of the network would silently train on rank-local gradients.
 accumulated gradients once, at ``optimizer.step()``, has no such trap and costs one all-reduce a
 step, as DDP's does.
 
+At the start, rank 0's parameters and random states (the loader's order, the recipe's sampler,
+torch's, numpy's and Python's generators) are copied to every rank, so the ranks agree even when
+one of them used the loader before (``onefit run``'s rank 0 checks the data first).
+
 Batch-norm layers normalise over each rank's shard (as under DDP without SyncBatchNorm); their
 running statistics are averaged across ranks at the end of every epoch, before rank 0 writes the
 checkpoint. Only rank 0 writes; the others wait for it, so a rank that reads a checkpoint

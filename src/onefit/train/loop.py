@@ -115,6 +115,9 @@ def train(
     stepper = noise or optimizer
     if group is not None:  # one starting point, then gradients averaged at every step
         distributed.broadcast_module(target)
+        # rank 0's random states on every rank: the same batches in the same order, the same
+        # sub-models, whatever each rank did with the loader before (a data check, say)
+        rng.restore(distributed.broadcast_object(rng.capture(recipe, data)), recipe, data)
         stepper = distributed.SyncedOptimizer(stepper, group.world)
     target.train(recipe.train_mode)
     with progress_bar(progress and (group is None or group.leader)) as bar:  # one bar, rank 0's
