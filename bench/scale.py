@@ -192,8 +192,8 @@ def markdown(result: dict, command: str) -> str:
               for s in result["search"]]
     db = result["database"]
     one = next(s for s in result["search"] if s["workers"] == 1)
-    lines += ["", f"Wall time includes each worker's start (Python, torch, loading the family: a few seconds). "
-              f"The steady rate counts evaluations between the first and the last recorded trial.\n",
+    lines += ["", "Wall time includes each worker's start (Python, torch, loading the family: a few seconds). "
+              "The steady rate counts evaluations between the first and the last recorded trial.\n",
               "## The database's share, and a projection\n",
               f"PostgreSQL takes {db['db_s_per_eval'] * 1000:.1f} ms per evaluation (claim, record, finish, read the "
               f"new trials; {db['n']} measured on this machine, server and client sharing its cores). With one "
