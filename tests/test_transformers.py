@@ -1,6 +1,7 @@
 """Hugging Face encoders: heads, FFN width and depth, from transformers' own config classes and
 on the real pretrained all-MiniLM-L6-v2."""
 
+import json
 import random
 import time
 
@@ -219,3 +220,22 @@ def test_each_layout_gives_an_exact_family(name):
     if name == "phi3":  # its fused projections stay whole, with the reasons
         notes = " ".join(layer.width_out for layer in onefit.inspect(model, (ids[:1],)).layers)
         assert "fused qkv_proj is split at offsets" in notes and "fused gate_up_proj is split in halves" in notes
+
+
+def test_onefit_inspect_reads_a_llama_built_on_the_meta_device_from_the_command_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from onefit.cli import app
+
+    (tmp_path / "bigllama.py").write_text(
+        "import torch, transformers\n"
+        "def build():\n"
+        "    config = transformers.LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,\n"
+        "                                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)\n"
+        "    with torch.device('meta'):\n"
+        "        return transformers.LlamaForCausalLM(config)\n")
+    monkeypatch.chdir(tmp_path)
+    said = CliRunner().invoke(app, ["inspect", "bigllama:build", "--tokens", "--input-shape", "1,16", "--json"])
+    assert said.exit_code == 0, said.output
+    report = json.loads(said.output)
+    assert report["params_max"] > 6.7e9 and report["params_min"] < report["params_max"] / 5

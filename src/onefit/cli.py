@@ -200,11 +200,14 @@ def inspect_command(
     model: str = typer.Argument(..., help=f"module:function that returns the model, e.g. onefit.zoo:resnet "
                                 f"(onefit {CODE_WARNING}; the working directory is on the import path)"),
     input_shape: str = typer.Option("1,1,8,8", help="shape of one example input, comma separated"),
+    tokens: bool = typer.Option(False, "--tokens", help="the example input is token ids (zeros, int64), for "
+                                "language models and text encoders; shape e.g. 1,16"),
     kwargs: str = typer.Option("{}", help="keyword arguments for the function, as a JSON object"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
     bits: str = typer.Option("", help="weight bit-widths offered to every Linear and conv, e.g. 2,4,8 (32 is always one)"),
 ) -> None:
-    """What onefit can shrink in a model, what stays whole and why, before any training."""
+    """What onefit can shrink in a model, what stays whole and why, before any training. A factory
+    that builds its model under torch.device("meta") is inspected without allocating its weights."""
     import torch
     from rich.console import Console
     from rich.table import Table
@@ -233,7 +236,9 @@ def inspect_command(
             if _debug:
                 raise
             raise CommandError(f"the model factory {model!r} raised {type(err).__name__}: {err}") from err
-        report = onefit.inspect(built, (torch.randn(*shape),), config)
+        device = next((p.device for p in built.parameters()), torch.device("cpu"))  # meta: no weights
+        example = torch.zeros(*shape, dtype=torch.long, device=device) if tokens else torch.randn(*shape, device=device)
+        report = onefit.inspect(built, (example,), config)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=1))
         return
