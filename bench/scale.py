@@ -212,8 +212,8 @@ def markdown(result: dict, command: str) -> str:
               f"- A TinyLlama-1.1B-shaped decoder ({m['params'] / 1e9:.2f} B parameters, {m['weights_bytes'] / 2**30:.1f} "
               f"GiB of float32 weights, random): `elasticize(..., copy_model=False)` in {m['elasticize_s']:.1f} s; the "
               f"process's peak memory over its start is {m['peak_over_weights']:.2f}x the weights (target: under 2x); "
-              f"elasticizing added {m['elasticize_added_over_weights']:.2f}x. {m['space']} dimensions (FFN widths and "
-              "depth; its grouped-query attention keeps its heads).",
+              f"elasticizing added {m['elasticize_added_over_weights']:.2f}x. {m['space']} dimensions (query heads "
+              "per key/value group and FFN width in every block, and depth).",
               f"- `onefit inspect` of a Llama-2-7B config ({m['meta_7b_params'] / 1e9:.2f} B parameters) on the meta "
               f"device: {m['meta_7b_inspect_s']:.1f} s, no weights allocated."]
     return "\n".join(lines) + "\n"

@@ -59,7 +59,11 @@ class LastHidden(torch.nn.Module):
         return hidden(self.model(x, *(() if mask is None else (mask,)), **kwargs))
 
 
-@pytest.mark.parametrize("build", [bert, vit, gpt2, llama], ids=["bert", "vit", "gpt2", "llama"])
+def llama_gqa():
+    return llama(kv_heads=2)
+
+
+@pytest.mark.parametrize("build", [bert, vit, gpt2, llama, llama_gqa], ids=["bert", "vit", "gpt2", "llama", "llama-gqa"])
 def test_encoder_heads_ffn_and_depth_contract(build, tmp_path):
     model, inputs = build()
     family = onefit.elasticize(model, inputs)
@@ -79,7 +83,7 @@ def test_encoder_heads_ffn_and_depth_contract(build, tmp_path):
         with torch.no_grad():
             assert (hidden(sub(*inputs)) - elastic).abs().max().item() <= 1e-5
         assert sum(p.numel() for p in sub.parameters()) == onefit.count_params(family, arch) < n_full
-    exporter = "dynamo" if build in (gpt2, llama) else "auto"  # GPT-2's mask uses aten::diff, unknown to torchscript
+    exporter = "dynamo" if build in (gpt2, llama, llama_gqa) else "auto"  # GPT-2's mask uses aten::diff, unknown to torchscript
     report = export(LastHidden(family.extract(family.space.min())), tmp_path / "sub.onnx", inputs, exporter=exporter)
     assert report.cosine > 0.99999
 
@@ -123,21 +127,36 @@ def test_encoder_coverage_is_pinned(build, pinned):
     assert embeddings and not any(layer.elastic for layer in embeddings)
 
 
-def test_grouped_query_attention_keeps_its_heads_whole_with_the_reason_and_shrinks_the_gated_mlp_and_depth():
-    model, inputs = llama(kv_heads=2)
-    family = onefit.elasticize(model, inputs)
-    assert {d.kind for d in family.space} == {"width", "depth"}
-    report = onefit.inspect(model, inputs)
-    q = next(layer for layer in report.layers if layer.name == "layers.0.self_attn.q_proj")
-    assert "grouped-query attention (2 key/value heads for 4 query heads)" in q.width_out
-    gate = family.space.max()["width:layers.0.mlp.gate_proj"]
-    arch = {**family.space.max(), "width:layers.0.mlp.gate_proj": gate // 4, "depth:layers": 2}
-    sub = family.extract(arch)
-    mlp = sub.layers[0].mlp  # gate and up outputs and down inputs shrink as one group
-    assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == gate // 4
-    assert len(sub.layers) == 2
+def test_grouped_query_attention_shrinks_its_query_heads_inside_each_key_value_group():
+    """The extracted sub-model equals transformers' own attention holding, in every key/value group,
+    that group's first query heads (Minitron's way); the gated MLP's gate, up and down shrink as one."""
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=6, num_key_value_heads=2, head_dim=8, use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(config).eval()
+    ids = torch.randint(0, 100, (2, 7))
+    family = onefit.sort_(onefit.elasticize(model, (ids[:1],)))  # ranked within the groups: same function
+    assert family.space["heads:layers.0.self_attn"].choices == (1, 2, 3)  # query heads per key/value group
+    with torch.no_grad():
+        assert torch.allclose(hidden(family(ids)), hidden(model(ids)), atol=1e-5)
+    arch = {**family.space.max(), "heads:layers.0.self_attn": 2, "heads:layers.1.self_attn": 1,
+            "width:layers.0.mlp.gate_proj": 16}
+    sub = family.extract(arch).eval()
+    mlp = sub.layers[0].mlp
+    assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == 16
+    reference = transformers.LlamaModel(config).eval()
+    reference.load_state_dict(family.module.state_dict())  # the sorted weights, whole
+    for i, keep in ((0, 2), (1, 1)):
+        attention, kept = reference.layers[i].self_attn, sub.layers[i].self_attn
+        rows = torch.cat([torch.arange(j * 24, j * 24 + keep * 8) for j in range(2)])  # each group's first heads
+        assert torch.equal(kept.q_proj.weight, attention.q_proj.weight[rows]) and kept.num_key_value_groups == keep
+        assert torch.equal(kept.k_proj.weight, attention.k_proj.weight)  # the key/value heads are kept
+        attention.q_proj, attention.o_proj, attention.num_key_value_groups = kept.q_proj, kept.o_proj, keep
+    reference.layers[0].mlp = mlp
     with torch.no_grad(), family.activate(arch):
-        assert torch.allclose(hidden(sub(*inputs)), hidden(family(*inputs)), atol=1e-6)
+        assert torch.allclose(hidden(sub(ids)), hidden(family(ids)), atol=1e-6)
+        assert torch.allclose(hidden(sub(ids)), hidden(reference(ids)), atol=1e-6)
+    assert onefit.count_params(family, arch) == sum(p.numel() for p in sub.parameters())
 
 
 def test_a_seven_billion_parameter_llama_config_is_inspected_on_the_meta_device_in_seconds():

@@ -188,9 +188,9 @@ class Family(nn.Module):
                 for kind in self.kinds:
                     plain = kind.extract_layer(self, name, plain, arch)
                 replace_module(sub, name, plain)
-        for module, attr, group in self.plan.bindings:
+        for module, attr, group, per in self.plan.bindings:
             if not f"{module}.".startswith(skipped):
-                setattr(sub.get_submodule(module), attr, widths[group])
+                setattr(sub.get_submodule(module), attr, widths[group] // per)
         for kind in self.kinds:
             kind.after_extract_(self, sub, arch)
         return sub  # each module keeps its own train/eval mode

@@ -63,23 +63,25 @@ def sort_(family, importance: Importance | None = None):
     return family
 
 
-def _segment_offset(layer, gid: int) -> int | None:
-    """Where group ``gid`` starts in a layer's concatenated input, or None if it is not there."""
-    offset = 0
+def _segment_offsets(layer, gid: int) -> list[int]:
+    """Where group ``gid`` starts in a layer's concatenated input: once per part it is (the query
+    heads of every key/value group read by an attention's output projection), or nowhere."""
+    offsets, offset = [], 0
     for group, size in layer.in_segments:
         if group == gid:
-            return offset
+            offsets.append(offset)
         offset += size
-    return None
+    return offsets
 
 
 def _permute_group(module: nn.Module, plan: Plan, gid: int, order: torch.Tensor) -> None:
     for layer in plan.layers.values():
         m = module.get_submodule(layer.name)
-        offset = _segment_offset(layer, gid)
-        if offset is not None:  # the group is one part of a concatenation this layer reads
+        offsets = _segment_offsets(layer, gid)
+        if offsets:  # the group is one part (or several) of a concatenation this layer reads
             cols = torch.arange(m.weight.shape[1] if layer.kind != "norm" else m.weight.shape[0])
-            cols[offset : offset + len(order)] = offset + order
+            for offset in offsets:
+                cols[offset : offset + len(order)] = offset + order
             if layer.kind == "norm":
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     t = getattr(m, name, None)

@@ -31,7 +31,7 @@ class WidthKind(Kind):
         widths, plan, module = family.widths(arch), family.plan, family.module
         settings = [(module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
                     for layer in plan.layers.values() if layer.kind in ("linear", "conv", "mha")]
-        settings += [(module.get_submodule(m), attr, widths[g]) for m, attr, g in plan.bindings]
+        settings += [(module.get_submodule(m), attr, widths[g] // per) for m, attr, g, per in plan.bindings]
         settings += [(module.get_submodule(layer.name), "in_index", family.input_index(layer, widths))
                      for layer in plan.layers.values() if layer.in_segments]
         return settings
@@ -41,5 +41,5 @@ class WidthKind(Kind):
         plan = family.plan
         live = {g for layer in plan.layers.values() if not gone(layer.name)
                 for g in (layer.in_group, layer.out_group, *(g for g, _ in layer.in_segments))}
-        live |= {g for module, _, g in plan.bindings if not gone(module)}
+        live |= {g for module, _, g, _ in plan.bindings if not gone(module)}
         return {g.name for gid, g in plan.groups.items() if gid not in live}

@@ -1,6 +1,10 @@
 """Elastic ``nn.Linear``: the first ``active_out`` outputs, as many inputs as the tensor brings,
 its weights fake-quantized to ``active_bits``.
 
+``segments`` > 1: the outputs are that many equal parts side by side (the query heads of each
+key/value group of grouped-query attention, the gate and up halves of a fused projection), and
+each part keeps its own first ``active_out`` outputs.
+
 >>> layer = ElasticLinear.from_plain(nn.Linear(8, 4))
 >>> layer.active_out = 2
 >>> tuple(layer(torch.randn(3, 5)).shape)  # 5 of its 8 inputs arrive, 2 of its 4 outputs leave
@@ -25,9 +29,10 @@ class ElasticLinear(ElasticLayer, nn.Linear):
     coupling = "linear"
     quantizable = factorizable = True
 
-    active_out: int | None = None  # None: all outputs
+    active_out: int | None = None  # None: all outputs; with segments, outputs per segment
     in_index = None  # input columns to use when the input is a concatenation; None: a prefix
     active_bits: int | None = None  # weight bit-width; None or 32: full precision
+    segments: int = 1  # equal parts of the outputs, each shrinking by its own prefix
 
     @classmethod
     def from_plain(cls, plain: nn.Linear) -> "ElasticLinear":
@@ -38,24 +43,48 @@ class ElasticLinear(ElasticLayer, nn.Linear):
         layer.active_out = None
         return layer
 
+    def rows(self, per_segment: int | None):
+        """The output rows kept: a prefix, or each segment's first ``per_segment``."""
+        if self.segments == 1:
+            return slice(0, self.out_features if per_segment is None else per_segment)
+        size = self.out_features // self.segments
+        per = size if per_segment is None else per_segment
+        return torch.cat([torch.arange(s * size, s * size + per, device=self.weight.device)
+                          for s in range(self.segments)])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
         if n_in > self.in_features:
             raise ValueError(f"ElasticLinear got {n_in} input features, holds only {self.in_features}")
-        out = self.out_features if self.active_out is None else self.active_out
-        bias = None if self.bias is None else self.bias[:out]
-        weight = self.weight[:out, :n_in] if self.in_index is None else self.weight[:out, self.in_index]
+        rows = self.rows(self.active_out)
+        bias = None if self.bias is None else self.bias[rows]
+        weight = self.weight[rows, :n_in] if self.in_index is None else self.weight[rows][:, self.in_index]
         x, weight = fake_quantize(self, x, weight)
         return F.linear(x, weight, bias)
 
     def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Linear:
         plain = nn.Linear(in_size, out_size, bias=self.bias is not None)
+        rows = self.rows(out_size // self.segments)
         with torch.no_grad():
             columns = slice(0, in_size) if in_index is None else in_index
-            plain.weight.copy_(self.weight[:out_size, columns])
+            plain.weight.copy_(self.weight[rows][:, columns])
             if self.bias is not None:
-                plain.bias.copy_(self.bias[:out_size])
+                plain.bias.copy_(self.bias[rows])
         return plain.to(self.weight.device, self.weight.dtype)
+
+    # Importance sorting: a channel of a segmented layer is that channel in every segment.
+    def channel_scores(self) -> torch.Tensor:
+        return self.weight.detach().abs().sum(1).view(self.segments, -1).sum(0)
+
+    def permute_out(self, order: torch.Tensor) -> None:
+        size = self.out_features // self.segments
+        rows = torch.cat([s * size + order for s in range(self.segments)])
+        self.weight.copy_(self.weight[rows])
+        if self.bias is not None:
+            self.bias.copy_(self.bias[rows])
+
+    def permute_in(self, columns: torch.Tensor) -> None:
+        self.weight.copy_(self.weight[:, columns])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, active_out={self.active_out}, active_bits={self.active_bits}"

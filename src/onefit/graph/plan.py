@@ -89,9 +89,10 @@ class Plan:
     stages: list[StagePlan]
     notes: list[str] = field(default_factory=list)  # ops that forced a group to stay whole
     ops: list[OpCost] = field(default_factory=list)
-    # (module, attribute, group): attributes a module's forward reads that must follow a width,
-    # e.g. GPT-2 attention's split_size
-    bindings: list[tuple[str, str, int]] = field(default_factory=list)
+    # (module, attribute, group, per): attributes a module's forward reads that must follow a
+    # width, set to the group's active width // per: GPT-2 attention's split_size (per 1), a
+    # grouped-query attention's num_key_value_groups (per head size: heads per key/value group)
+    bindings: list[tuple[str, str, int, int]] = field(default_factory=list)
 
     def group_of(self, name: str) -> Group | None:
         gid = self.layers[name].out_group

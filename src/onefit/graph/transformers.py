@@ -11,9 +11,13 @@ size, the residual stream every block reads and writes, is kept whole. This reli
 attention reshaping with ``-1`` heads, as transformers 5 does, so a block with fewer heads runs
 unchanged.
 
-Grouped-query attention (fewer key/value heads than query heads, ``num_key_value_groups`` > 1)
-keeps its heads whole, with that reason: its query heads would have to shrink inside each
-key/value group, which slicing a prefix of the heads does not do.
+Grouped-query attention (fewer key/value heads than query heads, ``num_key_value_groups`` > 1),
+as Minitron prunes it: the key/value heads, the head size and the rotary positions stay; the
+query heads shrink inside each key/value group, the same number in every group (its ``heads``
+dimension counts query heads *per key/value group*), ranked by importance within their group
+(one ranking shared by the groups). q_proj is a segmented layer, one segment per key/value head,
+each keeping its first heads; o_proj reads the same segments; the attention's
+``num_key_value_groups`` follows the choice.
 
 >>> sorted(LAYOUTS)
 ['bert', 'distilbert', 'gpt2', 'llama', 'phi3', 'vit']
@@ -63,8 +67,8 @@ LAYOUTS = {
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
-GQA = ("grouped-query attention ({kv} key/value heads for {q} query heads): its query heads would have to "
-       "shrink inside each key/value group; kept whole")
+KV = ("grouped-query attention: the key/value heads are kept (the query heads shrink inside each key/value "
+      "group)")
 
 
 def _layout(block: nn.Module) -> Layout | None:
@@ -160,23 +164,35 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             qkv = [f"{b}.{layout.attention}.{q}" for q in layout.qkv]
             query_channels = _out_features(model.get_submodule(qkv[0])) // fused
             groups_per_kv = getattr(attn, "num_key_value_groups", 1)
-            frozen = layout.fixed_heads or (GQA.format(kv=query_channels // head_size // groups_per_kv,
-                                                       q=query_channels // head_size) if groups_per_kv > 1 else None)
-            heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
-                              producers=qkv[:1] if frozen else qkv, frozen=frozen)
-            if frozen and fused > 1:  # one fused projection, whole
-                linear(qkv[0], hidden, heads)
-            elif frozen:  # the key/value projections are narrower than the queries: their own whole group
-                kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=frozen, label=f"{b}.kv")
+            if layout.fixed_heads:  # the heads cannot shrink: the projections stay whole
+                heads = new_group(query_channels, frozen=layout.fixed_heads, label=f"{b}.{layout.attention}")
+                kv = heads if fused > 1 else new_group(_out_features(model.get_submodule(qkv[1])),
+                                                       frozen=layout.fixed_heads, label=f"{b}.kv")
                 linear(qkv[0], hidden, heads)
                 for name in qkv[1:]:
                     linear(name, hidden, kv)
+                linear(f"{b}.{layout.out}", heads, hidden)
+            elif groups_per_kv > 1:  # grouped-query attention: query heads shrink inside each key/value group
+                kv_heads = query_channels // head_size // groups_per_kv
+                per_kv = query_channels // kv_heads  # one segment of q_proj's outputs per key/value head
+                heads = new_group(per_kv, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
+                                  producers=qkv[:1])
+                kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=KV, label=f"{b}.kv")
+                linear(qkv[0], hidden, heads, segments=kv_heads)
+                for name in qkv[1:]:
+                    linear(name, hidden, kv)
+                out = f"{b}.{layout.out}"
+                linear(out, None, hidden)
+                layers[out].in_segments = ((heads, per_kv),) * kv_heads  # each group's first heads
+                bindings.append((f"{b}.{layout.attention}", "num_key_value_groups", heads, head_size))
             else:
+                heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
+                                  producers=qkv)
                 for name in qkv:
                     linear(name, hidden, heads, segments=fused)
-            if fused > 1 and not frozen:
-                bindings.append((f"{b}.{layout.attention}", "split_size", heads))
-            linear(f"{b}.{layout.out}", heads, hidden)
+                if fused > 1:
+                    bindings.append((f"{b}.{layout.attention}", "split_size", heads, 1))
+                linear(f"{b}.{layout.out}", heads, hidden)
             ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
             ffn = new_group(_out_features(model.get_submodule(ffn_in[0])), producers=ffn_in, frozen=layout.fixed_ffn)
             for name in ffn_in:
