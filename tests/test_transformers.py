@@ -258,3 +258,35 @@ def test_onefit_inspect_reads_a_llama_built_on_the_meta_device_from_the_command_
     assert said.exit_code == 0, said.output
     report = json.loads(said.output)
     assert report["params_max"] > 6.7e9 and report["params_min"] < report["params_max"] / 5
+
+
+def test_depth_by_block_importance_drops_the_block_that_changes_least_not_the_last(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaModel(config).eval()
+    with torch.no_grad():  # block 1 all but an identity: its residual branches scaled down
+        model.layers[1].self_attn.o_proj.weight.mul_(1e-3)
+        model.layers[1].mlp.down_proj.weight.mul_(1e-3)
+    ids = torch.randint(0, 100, (4, 9))
+    family = onefit.elasticize(model, (ids[:1],))
+    scores = onefit.order_depth_(family, [(ids, torch.zeros(4, dtype=torch.long))])
+    assert min(range(4), key=scores["layers"].__getitem__) == 1 and family.depth_order["layers"][-1] == 1
+    with torch.no_grad():
+        assert torch.equal(hidden(family(ids)), hidden(model(ids)))  # the largest arch is still the original
+    three, two = {**family.space.max(), "depth:layers": 3}, {**family.space.max(), "depth:layers": 2}
+    assert family.skipped(three) == ("layers.1.",)
+    assert set(family.skipped(three)) < set(family.skipped(two))  # still nested
+    sub = family.extract(three).eval()
+    with torch.no_grad(), family.activate(three):
+        assert len(sub.layers) == 3 and torch.allclose(hidden(sub(ids)), hidden(family(ids)), atol=1e-6)
+        assert torch.allclose(hidden(family(ids)), hidden(model(ids)), atol=0.01)  # dropping it costs little
+    assert onefit.count_params(family, three) == sum(p.numel() for p in sub.parameters())
+    family.save(tmp_path)
+    again = onefit.saved.restore_(onefit.elasticize(model, (ids[:1],)), tmp_path)
+    assert again.depth_order == family.depth_order and again.skipped(three) == ("layers.1.",)
+    with pytest.raises(ValueError, match="must order its 4 blocks 0..3"):
+        family.rank_blocks_({"layers": [0, 1, 2]})
+    cnn = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
+    with pytest.raises(ValueError, match="no depth stage of this family is a ModuleList"):
+        onefit.order_depth_(cnn, [(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))])

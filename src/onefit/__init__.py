@@ -10,7 +10,7 @@ from onefit.inspect import Coverage, inspect
 from onefit.export import ExportError, ExportReport, export
 from onefit.config import ElasticConfig
 from onefit.family import Family, elasticize
-from onefit.importance import L1Importance, sort_
+from onefit.importance import L1Importance, block_importance, order_depth_, sort_
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import data, zoo
@@ -80,6 +80,8 @@ __all__ = [
     "load",
     "recalibrate_bn",
     "sort_",
+    "order_depth_",
+    "block_importance",
     "train",
     "train_plain",
     "data",

@@ -113,6 +113,7 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
                            for x in family.example_inputs],
         "history": family.history,
         "space_history": getattr(family, "space_history", []),
+        "depth_order": getattr(family, "depth_order", {}),
         "latency_models": {k: m.to_json() for k, m in family.latency_models.items()},
         "weights": _write_tensors(directory, "weights", family.module.state_dict()),
     }
@@ -137,7 +138,8 @@ def _manifest_digest(manifest: dict) -> str:
 
 # Entries every manifest has, and the JSON type each must be.
 _SHAPE = {"format": str, "version": int, "config": dict, "space": list, "example_inputs": list, "weights": dict}
-_OPTIONAL = {"source": dict, "history": list, "space_history": list, "latency_models": dict, "optimizer": dict}  # None when absent
+_OPTIONAL = {"source": dict, "history": list, "space_history": list, "depth_order": dict, "latency_models": dict,
+             "optimizer": dict}  # None when absent
 
 
 def read_manifest(directory) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import asdict
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +48,7 @@ class Family(nn.Module):
         self.source: dict[str, Any] | None = None  # how to rebuild the original model, for load()
         self.history: list[dict] = []  # training records, saved with the family
         self.space_history: list[dict] = []  # every restriction of the space (restrict_), saved with it
+        self.depth_order: dict[str, list[int]] = {}  # block rankings of depth stages (rank_blocks_), saved
         self.latency_models: dict = {}  # "backend-bBATCH" -> LatencyModel, saved with the family
         self.quantizable: list[str] = []  # layers that can take a bits dimension (the bits kind sets them)
         self.factorized: list[str] = []  # layers factorized as U V for a rank dimension (the rank kind)
@@ -80,6 +81,27 @@ class Family(nn.Module):
         if changed:
             self.space = space
             self.space_history.append({"by": by, "choices": changed})
+
+    def rank_blocks_(self, order: Mapping[str, Sequence[int]]) -> None:
+        """Rank the blocks of depth stages, most important first (``onefit.order_depth_`` measures
+        it): a depth d then runs the d best ranked blocks, in their original order. Only a
+        ``ModuleList`` stage (a transformer's layers) can be ranked; a stage left out keeps its
+        order (the first d)."""
+        from onefit.elastic.depth import ElasticModuleList
+
+        stages = {s.name: s for s in self.plan.stages}
+        for name, ranking in order.items():
+            stage = self.module.get_submodule(name) if name in stages else None
+            if not isinstance(stage, ElasticModuleList):
+                lists = sorted(n for n in stages if isinstance(self.module.get_submodule(n), ElasticModuleList))
+                raise ValueError(f"rank_blocks_: {name!r} is not a depth stage whose blocks can be ranked; those are "
+                                 f"{lists}")
+            if sorted(ranking) != list(range(stages[name].blocks)):
+                raise ValueError(f"rank_blocks_: the ranking of {name!r} must order its {stages[name].blocks} blocks "
+                                 f"0..{stages[name].blocks - 1}, each once; got {list(ranking)}")
+        for name, ranking in order.items():
+            self.module.get_submodule(name).order = tuple(int(i) for i in ranking)
+        self.depth_order = {**self.depth_order, **{k: [int(i) for i in v] for k, v in order.items()}}
 
     # -- which sub-model runs ------------------------------------------------------------------
     def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:

@@ -63,6 +63,10 @@ def restore_(family, directory):
     family.source, family.history = manifest.get("source"), manifest.get("history") or []
     family.space_history = manifest.get("space_history") or []
     try:
+        family.rank_blocks_(manifest.get("depth_order") or {})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{directory}: the manifest's depth order does not fit the model: {err}") from err
+    try:
         family.latency_models = {k: LatencyModel.from_json(v) for k, v in (manifest.get("latency_models") or {}).items()}
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{directory}: a latency model in the manifest is damaged: {err}") from err

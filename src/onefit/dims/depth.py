@@ -1,5 +1,6 @@
 """Depth: one dimension per stage of repeated blocks (an ``nn.Sequential`` or an encoder's
-``ModuleList``); the first d blocks run. Extraction keeps only those blocks.
+``ModuleList``); the first d blocks run, or, in a ``ModuleList`` ranked by ``onefit.order_depth_``,
+the d most important in their original order. Extraction keeps only those blocks.
 
 >>> import torch, onefit
 >>> family = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
@@ -27,8 +28,12 @@ class DepthKind(Kind):
         return [(family.module.get_submodule(s.name), "active_depth", depths[s.name]) for s in family.plan.stages]
 
     def skipped(self, family, arch):
-        depths = family.depths(arch)
-        return tuple(f"{s.name}.{i}." for s in family.plan.stages for i in range(depths[s.name], s.blocks))
+        depths, skipped = family.depths(arch), []
+        for s in family.plan.stages:
+            stage = family.module.get_submodule(s.name)
+            kept = stage.kept(depths[s.name]) if hasattr(stage, "kept") else range(depths[s.name])
+            skipped += [f"{s.name}.{i}." for i in range(s.blocks) if i not in kept]
+        return tuple(skipped)
 
     def idle(self, family, arch, gone):
         return {s.dim_name for s in family.plan.stages if gone(s.name)}  # a stage inside a skipped block

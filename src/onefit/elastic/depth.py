@@ -36,14 +36,24 @@ class ElasticSequential(nn.Sequential):
 
 class ElasticModuleList(nn.ModuleList):
     active_depth: int | None = None  # None: every block
+    order: tuple[int, ...] | None = None  # blocks ranked most important first; None: first to last
 
     @classmethod
     def from_plain(cls, plain: nn.ModuleList) -> "ElasticModuleList":
         return cls(list(plain))
 
+    def kept(self, depth: int | None) -> list[int]:
+        """The blocks a depth runs, in their original order: the ``depth`` best ranked (the first
+        ``depth`` without a ranking). Depths stay nested: a deeper one keeps every block a
+        shallower one does."""
+        n = len(self._modules)
+        if depth is None or depth >= n:
+            return list(range(n))
+        return sorted(self.order[:depth]) if self.order is not None else list(range(depth))
+
     def __iter__(self):
         blocks = list(super().__iter__())
-        return iter(blocks if self.active_depth is None else blocks[: self.active_depth])
+        return iter([blocks[i] for i in self.kept(self.active_depth)])
 
     def __getitem__(self, index):
         """A slice of the active blocks (``self.layers[:config.num_hidden_layers]`` in Llama's
@@ -53,4 +63,5 @@ class ElasticModuleList(nn.ModuleList):
         return super().__getitem__(index)
 
     def to_plain(self, depth: int) -> nn.ModuleList:
-        return nn.ModuleList(list(super().__iter__())[:depth])
+        blocks = list(super().__iter__())
+        return nn.ModuleList([blocks[i] for i in self.kept(depth)])

@@ -22,7 +22,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 STAGES = ("inspect", "pretrain", "train", "search", "export", "report")
 
@@ -137,10 +137,20 @@ class PretrainSection(_Section):
 
 
 class ElasticSection(_Section):
-    """``onefit.ElasticConfig``'s fields, checked by it; ``sort``: sort channels by importance first."""
+    """``onefit.ElasticConfig``'s fields, checked by it; ``sort``: sort channels by importance first;
+    ``order_depth``: rank a transformer's layers by block importance on the calibration data, so a
+    shallower sub-model drops the least important layers, not the last ones."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     sort: bool = True
+    order_depth: bool = False
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        data = handler(self)
+        if not data.get("order_depth"):  # off and unset are one config: run folders made before it stay valid
+            data.pop("order_depth", None)
+        return data
 
     @model_validator(mode="after")
     def _elastic(self):
@@ -154,7 +164,7 @@ class ElasticSection(_Section):
         known = set(ElasticConfig.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ValueError(f"{unknown[0]}: {_unknown(unknown[0], sorted(known | {'sort'}))}")
+            raise ValueError(f"{unknown[0]}: {_unknown(unknown[0], sorted(known | {'sort', 'order_depth'}))}")
         return ElasticConfig(**fields)
 
 

@@ -96,7 +96,8 @@ def _recipe(job: Job):
 
 
 def starting_family(job: Job, folder: RunFolder):
-    """The family before its own training: pretrained weights if any, channels sorted."""
+    """The family before its own training: pretrained weights if any, channels sorted, layers
+    ranked by importance when the config asks."""
     from onefit.importance import sort_
     from onefit.saved import restore_
 
@@ -106,6 +107,13 @@ def starting_family(job: Job, folder: RunFolder):
         family.history = []
     if job.config.elastic.sort:
         sort_(family)
+    if job.config.elastic.order_depth:
+        from onefit.importance import order_depth_
+
+        try:
+            order_depth_(family, job.splits.calibration, job.task)
+        except ValueError as err:
+            raise JobError(f"elastic.order_depth: {err}") from None
     return family
 
 
