@@ -44,7 +44,7 @@ class Layout:
     ffn_out: str  # the FFN's output projection
     head_size: str  # the attention's attribute holding the size of one head
     fixed_heads: str | None = None  # why this layout's heads cannot shrink, if they cannot
-    fixed_ffn: str | None = None  # why its FFN width cannot, if it cannot
+    ffn_segments: int = 1  # a fused gate|up projection (Phi-3): its halves shrink alike
 
 
 LAYOUTS = {
@@ -58,12 +58,11 @@ LAYOUTS = {
                     "mlp.down_proj", "head_dim"),
     "distilbert": Layout("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", ("ffn.lin1",), "ffn.lin2",
                          "attention_head_size"),
-    # Phi-3: q|k|v fused and split at offsets its config fixes; gate|up fused and split in halves
+    # Phi-3: q|k|v fused and split at offsets its config fixes; gate|up fused and split in halves,
+    # each half keeping its first channels
     "phi3": Layout("self_attn", ("qkv_proj",), "self_attn.o_proj", ("mlp.gate_up_proj",), "mlp.down_proj", "head_dim",
                    fixed_heads="its fused qkv_proj is split at offsets the model's config fixes "
-                               "(num_attention_heads x head_dim); kept whole",
-                   fixed_ffn="its fused gate_up_proj is split in halves, which a prefix of its outputs does not "
-                             "keep aligned; kept whole"),
+                               "(num_attention_heads x head_dim); kept whole", ffn_segments=2),
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
@@ -194,13 +193,10 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
                     bindings.append((f"{b}.{layout.attention}", "split_size", heads, 1))
                 linear(f"{b}.{layout.out}", heads, hidden)
             ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
-            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])), producers=ffn_in, frozen=layout.fixed_ffn)
+            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])) // layout.ffn_segments, producers=ffn_in)
             for name in ffn_in:
-                linear(name, hidden, ffn)
-            down = f"{b}.{layout.ffn_out}"
-            if layout.fixed_ffn:  # the fused outputs are not the down projection's inputs one to one
-                ffn = new_group(_in_features(model.get_submodule(down)), frozen=layout.fixed_ffn, label=f"{down}.in")
-            linear(down, ffn, hidden)
+                linear(name, hidden, ffn, segments=layout.ffn_segments)
+            linear(f"{b}.{layout.ffn_out}", ffn, hidden)
         stages.append(StagePlan(path, len(blocks), 1))
     for name in shapes:  # other Linear layers (poolers, heads): whole, but their MACs count
         if name not in layers:
