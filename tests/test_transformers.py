@@ -294,3 +294,37 @@ def test_depth_by_block_importance_drops_the_block_that_changes_least_not_the_la
     cnn = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
     with pytest.raises(ValueError, match="no depth stage of this family is a ModuleList"):
         onefit.order_depth_(cnn, [(torch.randn(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))])
+
+
+def test_a_uniform_sub_model_saves_and_reloads_in_transformers_and_generates_the_same_tokens(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=6, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 100, (1, 5))
+    family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(uniform=True))
+    assert list(family.space.names) == ["heads:model.layers", "width:model.layers.ffn", "depth:model.layers"]
+    arch = {"heads:model.layers": 1, "width:model.layers.ffn": 32, "depth:model.layers": 2}
+    family.extract(arch).save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.num_attention_heads, reloaded.config.intermediate_size,
+            reloaded.config.num_hidden_layers, reloaded.config.num_key_value_heads) == (2, 32, 2, 2)
+    with torch.no_grad(), family.activate(arch):
+        assert torch.allclose(reloaded(ids).logits, family(ids, use_cache=False).logits, atol=1e-6)
+        greedy = ids
+        for _ in range(6):  # the elastic family's greedy tokens, each step a full forward without a cache
+            greedy = torch.cat([greedy, family(greedy, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(reloaded.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True), greedy)
+
+
+def test_a_sub_model_a_transformers_config_cannot_describe_says_so():
+    model, inputs = llama()
+    family = onefit.elasticize(model, inputs)
+    arch = {**family.space.max(), "width:layers.0.mlp.gate_proj": 16}  # one block narrower than the others
+    with pytest.warns(UserWarning, match="its blocks differ in their query heads or FFN widths"):
+        sub = family.extract(arch)
+    assert sub.config.intermediate_size == 64  # left as it was
+    bert_model, bert_inputs = bert()
+    bert_family = onefit.elasticize(bert_model, bert_inputs, onefit.ElasticConfig(uniform=True))
+    with pytest.warns(UserWarning, match="derives the head size from the number of heads"):
+        bert_family.extract({**bert_family.space.max(), "heads:encoder.layer": 2})

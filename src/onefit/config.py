@@ -89,6 +89,9 @@ class ElasticConfig:
     dimensions. kernel_layers: patterns of the layers that get them (default: every one).
     options: settings of dimension kinds registered from outside onefit, as ``{kind: value}``
     (JSON values); a kind reads its own with ``config.option(kind, default)``.
+    uniform: one heads and one FFN-width dimension per transformer block list, shared by all its
+    blocks, instead of one per block: the sub-models a transformers config can describe, so an
+    extracted model saves with ``save_pretrained`` and reloads with ``from_pretrained``.
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -103,6 +106,7 @@ class ElasticConfig:
     kernel: tuple[int, ...] | None = None
     kernel_layers: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    uniform: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))

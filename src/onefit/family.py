@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from dataclasses import asdict
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -215,6 +216,11 @@ class Family(nn.Module):
                 setattr(sub.get_submodule(module), attr, widths[group] // per)
         for kind in self.kinds:
             kind.after_extract_(self, sub, arch)
+        from onefit.graph.transformers import match_config_
+
+        why = match_config_(sub)  # a transformers model: its config describes the blocks kept
+        if why:
+            warnings.warn(f"extract: {why}", stacklevel=2)
         return sub  # each module keeps its own train/eval mode
 
     # -- persistence ---------------------------------------------------------------------------
@@ -261,6 +267,10 @@ def elasticize(
     recorded = source(model)  # a zoo model rebuilds from its factory on load(); before any change
     module = copy.deepcopy(model) if copy_model else model
     plan = analyze(module, tuple(example_inputs))
+    if config.uniform:  # one dimension per tie: the blocks of a block list share their heads and FFN width
+        for group in plan.groups.values():
+            if group.tie is not None:
+                group.label = group.tie
     for layer in plan.layers.values():
         plain = module.get_submodule(layer.name)
         if layer.kind != "other" and elastic_type_for(plain) is not None:

@@ -23,9 +23,15 @@ class WidthKind(Kind):
         family.config.check_patterns("layers", family.config.layers, list(family.plan.layers))
 
     def dimensions(self, family) -> list[Dimension]:
-        config = family.config
-        return [Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
-                for g in family.plan.groups.values() if g.elastic]
+        config, dims = family.config, {}
+        for g in family.plan.groups.values():
+            if not g.elastic:
+                continue
+            dim = Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
+            if dims.setdefault(g.name, dim) != dim:  # groups tied by ElasticConfig(uniform=True)
+                raise ValueError(f"uniform: the groups of {g.name} differ in their choices ({dims[g.name].choices} "
+                                 f"and {dim.choices}); give them one override, or uniform=False")
+        return list(dims.values())
 
     def settings(self, family, arch):
         widths, plan, module = family.widths(arch), family.plan, family.module
@@ -42,4 +48,5 @@ class WidthKind(Kind):
         live = {g for layer in plan.layers.values() if not gone(layer.name)
                 for g in (layer.in_group, layer.out_group, *(g for g, _ in layer.in_segments))}
         live |= {g for module, _, g, _ in plan.bindings if not gone(module)}
-        return {g.name for gid, g in plan.groups.items() if gid not in live}
+        live_names = {plan.groups[g].name for g in live if g is not None}  # a tied name is idle only if all are
+        return {g.name for gid, g in plan.groups.items() if gid not in live} - live_names

@@ -24,6 +24,7 @@ class Group:
     producers: list[str] = field(default_factory=list)  # layers whose outputs are these channels
     kind: str = "width"  # "heads": channels come in heads of `multiple` channels, chosen by head count
     label: str | None = None  # name of its dimension after the kind; the first producer by default
+    tie: str | None = None  # the label it shares with its peers under ElasticConfig(uniform=True)
 
     @property
     def name(self) -> str:

@@ -175,7 +175,7 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
                 kv_heads = query_channels // head_size // groups_per_kv
                 per_kv = query_channels // kv_heads  # one segment of q_proj's outputs per key/value head
                 heads = new_group(per_kv, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
-                                  producers=qkv[:1])
+                                  producers=qkv[:1], tie=path)
                 kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=KV, label=f"{b}.kv")
                 linear(qkv[0], hidden, heads, segments=kv_heads)
                 for name in qkv[1:]:
@@ -186,14 +186,15 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
                 bindings.append((f"{b}.{layout.attention}", "num_key_value_groups", heads, head_size))
             else:
                 heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
-                                  producers=qkv)
+                                  producers=qkv, tie=path)
                 for name in qkv:
                     linear(name, hidden, heads, segments=fused)
                 if fused > 1:
                     bindings.append((f"{b}.{layout.attention}", "split_size", heads, 1))
                 linear(f"{b}.{layout.out}", heads, hidden)
             ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
-            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])) // layout.ffn_segments, producers=ffn_in)
+            ffn = new_group(_out_features(model.get_submodule(ffn_in[0])) // layout.ffn_segments, producers=ffn_in,
+                            tie=f"{path}.ffn")
             for name in ffn_in:
                 linear(name, hidden, ffn, segments=layout.ffn_segments)
             linear(f"{b}.{layout.ffn_out}", ffn, hidden)
@@ -202,3 +203,55 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
         if name not in layers:
             linear(name, None, None)
     return Plan(groups, layers, stages, [f"{path}: {HIDDEN}" for path in encoders], bindings=bindings)
+
+
+# The config attributes that say how many blocks, heads and FFN channels a model has, by name
+# across architectures (Llama / BERT, GPT-2, DistilBERT); the first one a config has is used.
+CONFIG_NAMES = {"layers": ("num_hidden_layers", "n_layer", "n_layers"),
+                "heads": ("num_attention_heads", "n_head", "n_heads"),
+                "ffn": ("intermediate_size", "n_inner", "hidden_dim")}
+UNEXPRESSIBLE = ("a transformers config cannot describe this sub-model ({why}); its config still describes the "
+                 "original, so save_pretrained would not reload it (ElasticConfig(uniform=True) gives sub-models "
+                 "a config can describe)")
+
+
+def match_config_(model: nn.Module) -> str | None:
+    """Make an extracted transformers model's config describe its blocks (their number, query
+    heads and FFN width; the layers' cache indices and per-layer types follow the blocks kept), so
+    ``save_pretrained`` writes a model ``from_pretrained`` reloads. Returns why it cannot, or None
+    (also for a model that is not a transformers model)."""
+    config = getattr(model, "config", None)
+    encoders = find_encoders(model) if config is not None and hasattr(model, "save_pretrained") else []
+    if len(encoders) != 1:
+        return None
+    blocks = model.get_submodule(encoders[0])
+    layout = _layout(blocks[0])
+    heads, ffn, original = set(), set(), []
+    for block in blocks:
+        attention = block.get_submodule(layout.attention)
+        query = _out_features(block.get_submodule(f"{layout.attention}.{layout.qkv[0]}"))
+        heads.add(query // (3 if len(layout.qkv) == 1 else 1) // getattr(attention, layout.head_size))
+        ffn.add(_out_features(block.get_submodule(layout.ffn_in[0])) // layout.ffn_segments)
+        original.append(getattr(attention, "layer_idx", None))
+    if len(heads) > 1 or len(ffn) > 1:
+        return UNEXPRESSIBLE.format(why="its blocks differ in their query heads or FFN widths")
+    names = {k: next((n for n in v if getattr(config, n, None) is not None), None) for k, v in CONFIG_NAMES.items()}
+    (n_heads,), (n_ffn,) = heads, ffn
+    if names["heads"] and not layout.fixed_heads and n_heads != getattr(config, names["heads"]) \
+            and getattr(config, "head_dim", None) is None:
+        return UNEXPRESSIBLE.format(why="its config derives the head size from the number of heads, so fewer heads "
+                                        "of the same size cannot be written in it")
+    if names["layers"]:
+        setattr(config, names["layers"], len(blocks))
+    if names["heads"] and not layout.fixed_heads:
+        setattr(config, names["heads"], n_heads)
+    if names["ffn"]:
+        setattr(config, names["ffn"], n_ffn)
+    types = getattr(config, "layer_types", None)
+    if isinstance(types, list) and None not in original:
+        config.layer_types = [types[i] for i in original]
+    for i, block in enumerate(blocks):  # cache indices: 0..n-1 over the blocks kept
+        for module in block.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = i
+    return None
