@@ -328,3 +328,17 @@ def test_a_sub_model_a_transformers_config_cannot_describe_says_so():
     bert_family = onefit.elasticize(bert_model, bert_inputs, onefit.ElasticConfig(uniform=True))
     with pytest.warns(UserWarning, match="derives the head size from the number of heads"):
         bert_family.extract({**bert_family.space.max(), "heads:encoder.layer": 2})
+
+
+def test_a_uniform_gpt2_sub_model_reloads_with_its_ffn_width_and_depth(tmp_path):
+    config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=3, n_head=4, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 100, (1, 6))
+    family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(uniform=True))
+    arch = {**family.space.max(), "depth:transformer.h": 2, "width:transformer.h.ffn": 64}
+    family.extract(arch).save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.n_inner, reloaded.config.n_layer) == (64, 2)  # n_inner was None: 4 x n_embd
+    with torch.no_grad(), family.activate(arch):
+        assert torch.allclose(reloaded(ids).logits, family(ids, use_cache=False).logits, atol=1e-6)

@@ -235,7 +235,7 @@ def match_config_(model: nn.Module) -> str | None:
         original.append(getattr(attention, "layer_idx", None))
     if len(heads) > 1 or len(ffn) > 1:
         return UNEXPRESSIBLE.format(why="its blocks differ in their query heads or FFN widths")
-    names = {k: next((n for n in v if getattr(config, n, None) is not None), None) for k, v in CONFIG_NAMES.items()}
+    names = {k: next((n for n in v if hasattr(config, n)), None) for k, v in CONFIG_NAMES.items()}
     (n_heads,), (n_ffn,) = heads, ffn
     if names["heads"] and not layout.fixed_heads and n_heads != getattr(config, names["heads"]) \
             and getattr(config, "head_dim", None) is None:
