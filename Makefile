@@ -35,6 +35,8 @@ bench: $(STAMP)
 	$(PY) bench/quantized_distillation.py
 	$(PY) bench/run_examples.py
 	$(PY) bench/peers.py --family-epochs 20
+	$(PY) bench/scale.py
+	$(PY) bench/architectures.py
 
 # Line and branch coverage of the suite; the core's unrun lines go to bench/results/coverage_lines.md.
 coverage: $(STAMP)

@@ -163,14 +163,13 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             qkv = [f"{b}.{layout.attention}.{q}" for q in layout.qkv]
             query_channels = _out_features(model.get_submodule(qkv[0])) // fused
             groups_per_kv = getattr(attn, "num_key_value_groups", 1)
-            if layout.fixed_heads:  # the heads cannot shrink: the projections stay whole
-                heads = new_group(query_channels, frozen=layout.fixed_heads, label=f"{b}.{layout.attention}")
-                kv = heads if fused > 1 else new_group(_out_features(model.get_submodule(qkv[1])),
-                                                       frozen=layout.fixed_heads, label=f"{b}.kv")
-                linear(qkv[0], hidden, heads)
-                for name in qkv[1:]:
-                    linear(name, hidden, kv)
-                linear(f"{b}.{layout.out}", heads, hidden)
+            if layout.fixed_heads:  # the heads cannot shrink: every projection stays whole, at its own size
+                for name in qkv:
+                    linear(name, hidden, new_group(_out_features(model.get_submodule(name)), frozen=layout.fixed_heads,
+                                                   label=name))
+                out = f"{b}.{layout.out}"
+                linear(out, new_group(_in_features(model.get_submodule(out)), frozen=layout.fixed_heads,
+                                      label=f"{out}.in"), hidden)
             elif groups_per_kv > 1:  # grouped-query attention: query heads shrink inside each key/value group
                 kv_heads = query_channels // head_size // groups_per_kv
                 per_kv = query_channels // kv_heads  # one segment of q_proj's outputs per key/value head
@@ -226,11 +225,14 @@ def match_config_(model: nn.Module) -> str | None:
         return None
     blocks = model.get_submodule(encoders[0])
     layout = _layout(blocks[0])
-    heads, ffn, original = set(), set(), []
+    heads, kv_heads, ffn, original = set(), set(), set(), []
     for block in blocks:
         attention = block.get_submodule(layout.attention)
+        head_size = getattr(attention, layout.head_size)
         query = _out_features(block.get_submodule(f"{layout.attention}.{layout.qkv[0]}"))
-        heads.add(query // (3 if len(layout.qkv) == 1 else 1) // getattr(attention, layout.head_size))
+        heads.add(query // (3 if len(layout.qkv) == 1 else 1) // head_size)
+        if len(layout.qkv) == 3:  # multi-head attention shrinks its key/value heads with the queries
+            kv_heads.add(_out_features(block.get_submodule(f"{layout.attention}.{layout.qkv[1]}")) // head_size)
         ffn.add(_out_features(block.get_submodule(layout.ffn_in[0])) // layout.ffn_segments)
         original.append(getattr(attention, "layer_idx", None))
     if len(heads) > 1 or len(ffn) > 1:
@@ -245,6 +247,8 @@ def match_config_(model: nn.Module) -> str | None:
         setattr(config, names["layers"], len(blocks))
     if names["heads"] and not layout.fixed_heads:
         setattr(config, names["heads"], n_heads)
+        if len(kv_heads) == 1 and getattr(config, "num_key_value_heads", None) is not None:
+            config.num_key_value_heads = next(iter(kv_heads))
     if names["ffn"]:
         setattr(config, names["ffn"], n_ffn)
     types = getattr(config, "layer_types", None)
