@@ -30,8 +30,7 @@ class DepthKind(Kind):
     def skipped(self, family, arch):
         depths, skipped = family.depths(arch), []
         for s in family.plan.stages:
-            stage = family.module.get_submodule(s.name)
-            kept = stage.kept(depths[s.name]) if hasattr(stage, "kept") else range(depths[s.name])
+            kept = family.module.get_submodule(s.name).kept(depths[s.name])
             skipped += [f"{s.name}.{i}." for i in range(s.blocks) if i not in kept]
         return tuple(skipped)
 

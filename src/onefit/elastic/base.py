@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 
@@ -56,3 +57,13 @@ def layer_cost(module: nn.Module, kind: str, n_in: int, n_out: int, positions) -
 
 def full_sizes(module: nn.Module) -> tuple[int, int]:
     return module.full_sizes() if isinstance(module, ElasticLayer) else (0, 0)
+
+
+def segment_index(within: torch.Tensor, size: int, segments: int) -> torch.Tensor:
+    """The same channels ``within`` each of ``segments`` equal parts of ``size`` side by side (a
+    fused q|k|v, a fused gate|up, the query heads of each key/value group).
+
+    >>> segment_index(torch.arange(2), size=4, segments=3).tolist()
+    [0, 1, 4, 5, 8, 9]
+    """
+    return (torch.arange(segments, device=within.device)[:, None] * size + within).flatten()

@@ -21,16 +21,20 @@ class ElasticSequential(nn.Sequential):
             stage.add_module(name, child)
         return stage
 
+    def kept(self, depth: int | None) -> list[int]:
+        """The blocks a depth runs: the first ``depth`` (a stage's first block may change the shape)."""
+        return list(range(len(self) if depth is None else min(depth, len(self))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        depth = len(self) if self.active_depth is None else self.active_depth
-        for block in list(self)[:depth]:
-            x = block(x)
+        blocks = list(self)
+        for i in self.kept(self.active_depth):
+            x = blocks[i](x)
         return x
 
     def to_plain(self, depth: int) -> nn.Sequential:
-        plain = nn.Sequential()
-        for name, child in list(self.named_children())[:depth]:
-            plain.add_module(name, child)
+        plain, children = nn.Sequential(), list(self.named_children())
+        for i in self.kept(depth):
+            plain.add_module(*children[i])
         return plain
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from onefit.elastic.quant import fake_quantize
-from onefit.elastic.base import ElasticLayer
+from onefit.elastic.base import ElasticLayer, segment_index
 from onefit.elastic.registry import register
 
 
@@ -39,8 +39,7 @@ class ElasticHFConv1D(ElasticLayer, nn.Module):
         return layer
 
     def columns(self, per_segment: int) -> torch.Tensor:
-        size = self.nf // self.segments
-        return torch.cat([torch.arange(s * size, s * size + per_segment) for s in range(self.segments)])
+        return segment_index(torch.arange(per_segment), self.nf // self.segments, self.segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -63,8 +62,7 @@ class ElasticHFConv1D(ElasticLayer, nn.Module):
         return per.view(self.segments, -1).sum(0)
 
     def permute_out(self, order: torch.Tensor) -> None:
-        size = self.nf // self.segments
-        cols = torch.cat([s * size + order for s in range(self.segments)])
+        cols = segment_index(order, self.nf // self.segments, self.segments)
         self.weight.copy_(self.weight[:, cols])
         self.bias.copy_(self.bias[cols])
 

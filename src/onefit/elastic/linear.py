@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onefit.elastic.base import ElasticLayer
+from onefit.elastic.base import ElasticLayer, segment_index
 from onefit.elastic.quant import fake_quantize
 from onefit.elastic.registry import register
 
@@ -48,9 +48,8 @@ class ElasticLinear(ElasticLayer, nn.Linear):
         if self.segments == 1:
             return slice(0, self.out_features if per_segment is None else per_segment)
         size = self.out_features // self.segments
-        per = size if per_segment is None else per_segment
-        return torch.cat([torch.arange(s * size, s * size + per, device=self.weight.device)
-                          for s in range(self.segments)])
+        within = torch.arange(size if per_segment is None else per_segment, device=self.weight.device)
+        return segment_index(within, size, self.segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -77,8 +76,7 @@ class ElasticLinear(ElasticLayer, nn.Linear):
         return self.weight.detach().abs().sum(1).view(self.segments, -1).sum(0)
 
     def permute_out(self, order: torch.Tensor) -> None:
-        size = self.out_features // self.segments
-        rows = torch.cat([s * size + order for s in range(self.segments)])
+        rows = segment_index(order, self.out_features // self.segments, self.segments)
         self.weight.copy_(self.weight[rows])
         if self.bias is not None:
             self.bias.copy_(self.bias[rows])
