@@ -27,6 +27,7 @@ their modification times (the file server's clock).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -43,7 +44,25 @@ NOW = {  # the database server's clock, in seconds since 1970
 }
 
 
-class Claims:
+class _ClaimsBase:
+    """What both kinds of claims do the same way; each says ``claim``, ``finish``, ``beat``."""
+
+    def _key(self, key: str) -> str:
+        """A canonical key as a fixed-length name (a primary key, a file name)."""
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def adopt(self, key: str, arch: dict) -> None:
+        """Count a trial recorded in the study as a finished claim: one recorded before the workers
+        shared the study, or by a worker that died before it could say so."""
+        self.claim(key, arch, budget=2 ** 31)
+        self.finish(key)
+
+    def heartbeat(self, key: str):
+        """A context that renews ``key``'s heartbeat from a thread while the evaluation runs."""
+        return _Heartbeat(self, key)
+
+
+class Claims(_ClaimsBase):
     """The claims of one study in the database at ``url`` (a SQLAlchemy URL, as optuna's)."""
 
     def __init__(self, url: str, study: str, *, timeout_s: float = 120.0):
@@ -91,11 +110,6 @@ class Claims:
             return c.execute(sa.select(sa.func.count()).select_from(self.workers)
                              .where(self.workers.c.study == self.study)).scalar_one()
 
-    def _key(self, key: str) -> str:
-        import hashlib
-
-        return hashlib.sha256(key.encode()).hexdigest()
-
     def claim(self, key: str, arch: dict, budget: int) -> bool | None:
         """Claim ``key`` for this worker: True when it is now ours, False when another worker has
         it, None when the study's ``budget`` is spent (every slot below it is claimed)."""
@@ -127,12 +141,6 @@ class Claims:
             return connection.execute(query).scalar_one()
         with self.engine.connect() as c:
             return c.execute(query).scalar_one()
-
-    def adopt(self, key: str, arch: dict) -> None:
-        """Count a trial recorded in the study as a finished claim: one recorded before the workers
-        shared the study, or by a worker that died before it could say so."""
-        self.claim(key, arch, budget=2 ** 31)
-        self.finish(key)
 
     def beat(self, key: str) -> None:
         import sqlalchemy as sa
@@ -183,13 +191,9 @@ class Claims:
             return c.execute(sa.select(sa.func.coalesce(sa.func.sum(self.table.c.takeovers), 0)).where(
                 self.table.c.study == self.study)).scalar_one()
 
-    def heartbeat(self, key: str):
-        """A context that renews ``key``'s heartbeat from a thread while the evaluation runs."""
-        return _Heartbeat(self, key)
-
 
 class _Heartbeat:
-    def __init__(self, claims: Claims, key: str):
+    def __init__(self, claims: _ClaimsBase, key: str):
         self.claims, self.key, self.stop = claims, key, threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -216,7 +220,7 @@ def claims_for(url: str, study: str, *, timeout_s: float = 120.0):
     return Claims(url, study, timeout_s=timeout_s)
 
 
-class FileClaims:
+class FileClaims(_ClaimsBase):
     """``Claims`` kept as files in ``folder`` on a file system every worker mounts. Each claim,
     slot, takeover and finish is one file created with O_CREAT | O_EXCL, which only one process
     can win (NFS v3 and later honour it)."""
@@ -237,11 +241,6 @@ class FileClaims:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         return True
-
-    def _key(self, key: str) -> str:
-        import hashlib
-
-        return hashlib.sha256(key.encode()).hexdigest()
 
     def _count(self, sub: str) -> int:
         return sum(1 for _ in (self.folder / sub).iterdir())
@@ -268,10 +267,6 @@ class FileClaims:
 
     def claimed(self) -> int:
         return self._count("slots")
-
-    def adopt(self, key: str, arch: dict) -> None:
-        self.claim(key, arch, budget=2 ** 31)
-        self.finish(key)
 
     def beat(self, key: str) -> None:
         os.utime(self.folder / "keys" / self._key(key))
@@ -311,6 +306,3 @@ class FileClaims:
 
     def takeovers(self) -> int:
         return self._count("takeovers")
-
-    def heartbeat(self, key: str):
-        return _Heartbeat(self, key)
