@@ -46,6 +46,11 @@ class Layout:
     fixed_heads: str | None = None  # why this layout's heads cannot shrink, if they cannot
     ffn_segments: int = 1  # a fused gate|up projection (Phi-3): its halves shrink alike
 
+    @property
+    def fused(self) -> int:
+        """Parts of the query projection's outputs: 3 when one projection holds q, k and v."""
+        return 3 if len(self.qkv) == 1 else 1
+
 
 LAYOUTS = {
     "bert": Layout("attention.self", ("query", "key", "value"), "attention.output.dense", ("intermediate.dense",),
@@ -159,7 +164,7 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             layout = _layout(block)
             b, attn = f"{path}.{i}", block.get_submodule(layout.attention)
             head_size = getattr(attn, layout.head_size)
-            fused = 3 if len(layout.qkv) == 1 else 1  # one projection holding q, k and v side by side
+            fused = layout.fused
             qkv = [f"{b}.{layout.attention}.{q}" for q in layout.qkv]
             query_channels = _out_features(model.get_submodule(qkv[0])) // fused
             groups_per_kv = getattr(attn, "num_key_value_groups", 1)
@@ -230,7 +235,7 @@ def match_config_(model: nn.Module) -> str | None:
         attention = block.get_submodule(layout.attention)
         head_size = getattr(attention, layout.head_size)
         query = _out_features(block.get_submodule(f"{layout.attention}.{layout.qkv[0]}"))
-        heads.add(query // (3 if len(layout.qkv) == 1 else 1) // head_size)
+        heads.add(query // layout.fused // head_size)
         if len(layout.qkv) == 3:  # multi-head attention shrinks its key/value heads with the queries
             kv_heads.add(_out_features(block.get_submodule(f"{layout.attention}.{layout.qkv[1]}")) // head_size)
         ffn.add(_out_features(block.get_submodule(layout.ffn_in[0])) // layout.ffn_segments)
