@@ -33,9 +33,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import safetensors.torch
+import torch
 from torch import nn
+
+from onefit.elastic.ties import aliases
 
 FORMAT = "onefit-family"
 VERSION = 2  # 2: the manifest records its own sha256; version 1 folders (no hash) still load
@@ -115,8 +117,12 @@ def save_family(family, directory, optimizer: torch.optim.Optimizer | None = Non
         "space_history": getattr(family, "space_history", []),
         "depth_order": getattr(family, "depth_order", {}),
         "latency_models": {k: m.to_json() for k, m in family.latency_models.items()},
-        "weights": _write_tensors(directory, "weights", family.module.state_dict()),
     }
+    tied = aliases(family.module)  # a tensor several layers hold is written once, under its first name
+    manifest["weights"] = _write_tensors(directory, "weights",
+                                         {k: v for k, v in family.module.state_dict().items() if k not in tied})
+    if tied:
+        manifest["tied"] = tied
     if optimizer is not None:
         tensors, meta = _optimizer_tensors(optimizer)
         manifest["optimizer"] = {**_write_tensors(directory, "optimizer", tensors), **meta}

@@ -28,6 +28,7 @@ from onefit.dims import KINDS
 from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
 from onefit.elastic.base import full_sizes
 from onefit.elastic.registry import elastic_type_for, replace_module
+from onefit.elastic.ties import retie_
 from onefit.graph import Plan, analyze
 from onefit.space import Arch, Space
 
@@ -211,6 +212,7 @@ class Family(nn.Module):
                 for kind in self.kinds:
                     plain = kind.extract_layer(self, name, plain, arch)
                 replace_module(sub, name, plain)
+        retie_(sub, self.plan.tied, skipped)  # a weight several layers hold stays one tensor
         for module, attr, group, per in self.plan.bindings:
             if not f"{module}.".startswith(skipped):
                 setattr(sub.get_submodule(module), attr, widths[group] // per)

@@ -75,8 +75,14 @@ def _segment_offsets(layer, gid: int) -> list[int]:
 
 
 def _permute_group(module: nn.Module, plan: Plan, gid: int, order: torch.Tensor) -> None:
+    permuted: set[int] = set()  # a weight several layers hold (tied embeddings) is permuted once
     for layer in plan.layers.values():
         m = module.get_submodule(layer.name)
+        weight = getattr(m, "weight", None)
+        if isinstance(weight, torch.Tensor) and id(weight) in permuted:
+            continue
+        if isinstance(weight, torch.Tensor) and gid in (layer.in_group, layer.out_group):
+            permuted.add(id(weight))
         offsets = _segment_offsets(layer, gid)
         if offsets:  # the group is one part (or several) of a concatenation this layer reads
             cols = torch.arange(m.weight.shape[1] if layer.kind != "norm" else m.weight.shape[0])

@@ -50,6 +50,10 @@ def restore_(family, directory):
     if family.space != saved and not is_restriction(saved, family.space):
         raise CheckpointError(f"{directory}: the model given does not rebuild the saved space; is it the same architecture?")
     weights = read_tensors(directory, manifest["weights"])
+    tied = manifest.get("tied") or {}
+    if not isinstance(tied, dict) or not all(isinstance(v, str) and v in weights for v in tied.values()):
+        raise CheckpointError(f"{directory}: the manifest's tied weights do not name saved tensors: {tied!r:.200}")
+    weights.update({alias: weights[name] for alias, name in tied.items()})
     expected = family.module.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     wrong = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from onefit.elastic.base import layer_cost
+from onefit.elastic.ties import split_name
 
 
 def _bound(owner: str, layers) -> bool:
@@ -55,9 +56,22 @@ def layer_costs(family, arch: Mapping[str, Any]) -> list[dict]:
                       "n_in": n_in, "n_out": n_out, "positions_all": positions}
     for kind in family.kinds:
         kind.cost_(family, arch, rows)
+    _count_tied_once(family, rows)
     for row in rows.values():
         del row["n_in"], row["n_out"], row["positions_all"]  # what the kinds needed, not part of the row
     return list(rows.values())
+
+
+def _count_tied_once(family, rows: dict[str, dict]) -> None:
+    """A weight several active layers hold (tied embeddings) counts in the first one's row only."""
+    for names in family.plan.tied:
+        holders = [(split_name(n)[0], n) for n in names if split_name(n)[0] in rows]
+        for layer, name in holders[1:]:
+            row = rows[layer]
+            shared = row["n_in"] * row["n_out"] if row["kind"] in ("linear", "embedding") else \
+                family.module.get_parameter(name).numel()
+            row["params"] -= shared
+            row["bytes"] -= 4 * shared
 
 
 def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
@@ -78,9 +92,11 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
         group = family.plan.groups.get(op.group)
         if group is not None and not f"{op.owner}.".startswith(skipped):
             macs += op.macs * widths[op.group] // group.size
+    counted = {names[0] for names in family.plan.tied  # a tied weight a bound layer holds is in its row
+               if any(_bound(split_name(n)[0], family.plan.layers) for n in names)}
     for name, param in family.module.named_parameters():
         owner = name.rpartition(".")[0]
-        if not _bound(owner, family.plan.layers) and not f"{owner}.".startswith(skipped):
+        if name not in counted and not _bound(owner, family.plan.layers) and not f"{owner}.".startswith(skipped):
             params += param.numel()
             weight_bytes += 4 * param.numel()
     return {"params": params, "macs": macs, "weight_bytes": weight_bytes, "layers": len(computing),

@@ -20,6 +20,7 @@ from torch import nn
 
 from onefit.dims.base import Kind, register_kind
 from onefit.elastic.quant import ActivationQuantizer, quantize_plain
+from onefit.elastic.ties import tied_layers
 from onefit.space import Dimension
 
 FULL = 32
@@ -40,7 +41,9 @@ class BitsKind(Kind):
 
     def dimensions(self, family) -> list[Dimension]:
         # after setup_: a layer factorized for a rank dimension is no longer quantizable
+        tied = tied_layers(family.plan.tied)  # a tied weight stays one tensor with its other holders
         family.quantizable = [layer.name for layer in family.plan.layers.values() if layer.kind != "other"
+                              and layer.name not in tied
                               and getattr(family.module.get_submodule(layer.name), "quantizable", False)]
         family.config.check_patterns("bits_layers", family.config.bits_layers, family.quantizable)
         return [Dimension(f"bits:{name}", "bits", family.config.bits_choices(name)) for name in family.quantizable]

@@ -36,7 +36,7 @@ class WidthKind(Kind):
     def settings(self, family, arch):
         widths, plan, module = family.widths(arch), family.plan, family.module
         settings = [(module.get_submodule(layer.name), "active_out", widths.get(layer.out_group))
-                    for layer in plan.layers.values() if layer.kind in ("linear", "conv", "mha")]
+                    for layer in plan.layers.values() if layer.kind in ("linear", "conv", "mha", "embedding")]
         settings += [(module.get_submodule(m), attr, widths[g] // per) for m, attr, g, per in plan.bindings]
         settings += [(module.get_submodule(layer.name), "in_index", family.input_index(layer, widths))
                      for layer in plan.layers.values() if layer.in_segments]

@@ -8,6 +8,7 @@ flows through norms, depthwise convolutions and consumers without further bookke
 from onefit.elastic.attention import ElasticMultiheadAttention
 from onefit.elastic.conv import ElasticConv
 from onefit.elastic.depth import ElasticModuleList, ElasticSequential
+from onefit.elastic.embedding import ElasticEmbedding
 from onefit.elastic.hf_conv1d import ElasticHFConv1D
 from onefit.elastic.linear import ElasticLinear
 from onefit.elastic.norm import ElasticBatchNorm, ElasticLayerNorm
@@ -16,6 +17,7 @@ from onefit.elastic.registry import elastic_type_for, to_elastic
 __all__ = [
     "ElasticBatchNorm",
     "ElasticConv",
+    "ElasticEmbedding",
     "ElasticHFConv1D",
     "ElasticLayerNorm",
     "ElasticLinear",

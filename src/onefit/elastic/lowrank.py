@@ -36,6 +36,7 @@ from torch import nn
 from onefit.elastic.base import ElasticLayer
 from onefit.elastic.conv import ElasticConv
 from onefit.elastic.linear import ElasticLinear
+from onefit.elastic.ties import tied_layers
 
 
 def factorized_params(n_in: int, n_out: int, rank: int, kernel: int = 1) -> int:
@@ -240,12 +241,12 @@ def factorize_(module: nn.Module, plan, config) -> tuple[list[str], dict[str, st
     (``rank_fractions``) and their rank choices (``rank_choices``). Returns the names of the layers
     factorized, and ``{layer: why it stays dense}`` for the named layers that stay dense.
     """
-    factorized, notes = [], {}
+    factorized, notes, tied = [], {}, tied_layers(plan.tied)
     for layer in plan.layers.values():
         if layer.kind not in ("linear", "conv", "conv_pass", "mha") or config.rank_fractions(layer.name) is None:
             continue
         elastic = module.get_submodule(layer.name)
-        reason = _why_dense(layer, elastic)
+        reason = tied.get(layer.name) or _why_dense(layer, elastic)
         if reason is None:
             choices = config.rank_choices(layer.name, min(elastic.weight.shape[0], elastic.weight[0].numel()))
             reason = _why_unprofitable(elastic, choices)

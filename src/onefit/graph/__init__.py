@@ -4,6 +4,7 @@
 them) and traces everything else with torch.fx; both produce the same ``Plan``.
 """
 
+from onefit.elastic.ties import tied_parameters
 from onefit.graph.coupling import trace_plan
 from onefit.graph.trace import TraceError
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
@@ -13,7 +14,9 @@ from onefit.graph.transformers import encoder_plan
 def analyze(model, example_inputs: tuple) -> Plan:
     """The width groups, bound layers and depth stages of ``model`` on ``example_inputs``."""
     plan = encoder_plan(model, example_inputs)
-    return plan if plan is not None else trace_plan(model, example_inputs)
+    plan = plan if plan is not None else trace_plan(model, example_inputs)
+    plan.tied = tied_parameters(model)
+    return plan
 
 
 __all__ = ["Group", "LayerPlan", "Plan", "StagePlan", "TraceError", "analyze", "encoder_plan", "trace_plan"]

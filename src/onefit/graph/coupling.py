@@ -33,6 +33,7 @@ from onefit.elastic.registry import elastic_type_for
 from onefit.graph import attention
 from onefit.graph.plan import Group, LayerPlan, OpCost, Plan, StagePlan
 from onefit.graph.stages import find_stages
+from onefit.elastic.ties import split_name, tied_parameters
 from onefit.graph.trace import TraceError, trace  # noqa: F401  (TraceError is part of this module's API)
 
 
@@ -66,6 +67,16 @@ _SHAPE_FUNCS = {"size", "dim", "getattr"}  # give non-tensors; reading a shape c
 def _group(chan: _Chan | None) -> int | None:
     """The single group a layer reads or writes; None when fixed or when it is a concatenation."""
     return None if chan is None or chan.segments else chan.group
+
+
+def _weight_axes(layer: LayerPlan) -> tuple[int | None, int | None] | None:
+    """The groups on a layer's weight axes (rows, columns), for the layers whose weights can be
+    tied: a Linear (outputs, inputs) and an embedding (vocabulary, columns); None for others."""
+    if layer.kind == "linear" and layer.in_unit == 1 and not layer.in_segments:
+        return layer.out_group, layer.in_group
+    if layer.kind == "embedding":
+        return None, layer.out_group
+    return None
 
 
 def _op_name(node: fx.Node) -> str:
@@ -176,6 +187,27 @@ class _Walker:
         elif isinstance(arg, fx.Node):
             layer.in_fixed = self.why_fixed.get(arg, "model input")
 
+    def tie(self, tied: list[tuple[str, ...]]) -> None:
+        """Layers holding one weight tensor shrink together: the groups on each axis of the
+        tensor are one (an embedding's columns and a tied output layer's inputs); an axis fixed
+        in one holder is fixed in all."""
+        for names in tied:
+            holders = [(n, self.layers.get(split_name(n)[0])) for n in names]
+            axes = [(n, _weight_axes(layer) if layer and split_name(n)[1] == "weight" else None) for n, layer in holders]
+            if any(a is None for _, a in axes):
+                reason = f"tied weights {', '.join(names)} held by a layer onefit does not shrink"
+                for g in {g for _, layer in holders if layer for g in (layer.in_group, layer.out_group)} - {None}:
+                    self.freeze(_Chan(g, 0), reason)
+                continue
+            (first, first_axes), rest = axes[0], axes[1:]
+            for name, groups in rest:
+                for axis, (a, b) in enumerate(zip(first_axes, groups)):
+                    if a is not None and b is not None:
+                        self.union(_Chan(a, 0), _Chan(b, 0), f"tied weights {first} and {name}")
+                    elif a is not None or b is not None:
+                        self.freeze(_Chan(a if a is not None else b, 0),
+                                    f"tied weights {first} and {name}: axis {axis} is fixed in one of them")
+
     def freeze_shared(self, name: str, first: LayerPlan) -> None:
         """A layer called twice (shared weights) keeps every width it touches whole."""
         reason = f"{name} is called more than once (shared weights)"
@@ -260,6 +292,17 @@ class _Walker:
         x = self.input_chan(node, -1, name)
         self.layers[name] = LayerPlan(name, "norm", x and x.group, x and x.group)
         return x
+
+    def embedding_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> _Chan | None:
+        """Token ids in, a new group of its columns out on the last axis."""
+        name, why = node.target, elastic.refuses(mod)
+        if why:
+            self.layers[name] = LayerPlan(name, "other", None, None, reason=why)
+            return self.unknown(node, f"layer {type(mod).__name__}")
+        group = self.new_group(mod.embedding_dim)
+        self.layers[name] = LayerPlan(name, "embedding", None, group, 1, math.prod(out_shape[1:-1]),
+                                      in_fixed="token ids")
+        return _Chan(group, len(out_shape) - 1)
 
     def attention_rule(self, node: fx.Node, mod: nn.Module, elastic: type, out_shape: tuple) -> None:
         return self.attention_module(node, mod)
@@ -451,7 +494,7 @@ class _Walker:
             if g is not None and g not in groups:
                 kind = "heads" if g in self.heads else "width"
                 groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g), kind=kind)
-            if g is not None and layer.kind in ("linear", "conv", "mha"):
+            if g is not None and layer.kind in ("linear", "conv", "mha", "embedding"):
                 groups[g].producers.append(layer.name)
         ops = [replace(op, group=self.root(op.group)) for op in self.ops]
         return Plan(groups, self.layers, stages, self.notes, ops)
@@ -463,6 +506,7 @@ RULES = {  # coupling name (an elastic layer's ``coupling``) -> the walker's rul
     "batch_norm": _Walker.batch_norm_rule,
     "layer_norm": _Walker.layer_norm_rule,
     "attention": _Walker.attention_rule,
+    "embedding": _Walker.embedding_rule,
 }
 
 
@@ -472,5 +516,9 @@ def trace_plan(model: nn.Module, example_inputs: tuple) -> Plan:
     walker = _Walker(traced)
     for node in traced.graph.nodes:
         walker.visit(node)
+    tied = tied_parameters(model)
+    walker.tie(tied)
     stages = find_stages(model, traced, walker)
-    return walker.plan(stages)
+    plan = walker.plan(stages)
+    plan.tied = tied
+    return plan

@@ -94,6 +94,7 @@ class Plan:
     # width, set to the group's active width // per: GPT-2 attention's split_size (per 1), a
     # grouped-query attention's num_key_value_groups (per head size: heads per key/value group)
     bindings: list[tuple[str, str, int, int]] = field(default_factory=list)
+    tied: list[tuple[str, ...]] = field(default_factory=list)  # names of each parameter several layers hold
 
     def group_of(self, name: str) -> Group | None:
         gid = self.layers[name].out_group
