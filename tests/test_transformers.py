@@ -4,6 +4,7 @@ on the real pretrained all-MiniLM-L6-v2."""
 import json
 import random
 import time
+import warnings
 
 import pytest
 import torch
@@ -298,17 +299,20 @@ def test_depth_by_block_importance_drops_the_block_that_changes_least_not_the_la
 
 def test_a_uniform_sub_model_saves_and_reloads_in_transformers_and_generates_the_same_tokens(tmp_path):
     config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                                      num_attention_heads=6, num_key_value_heads=2, head_dim=8)
+                                      num_attention_heads=6, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 100, (1, 5))
-    family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(uniform=True))
-    assert list(family.space.names) == ["heads:model.layers", "width:model.layers.ffn", "depth:model.layers"]
-    arch = {"heads:model.layers": 1, "width:model.layers.ffn": 32, "depth:model.layers": 2}
-    family.extract(arch).save_pretrained(tmp_path)
+    family = onefit.sort_(onefit.elasticize(model, (ids,), onefit.ElasticConfig(uniform=True, hidden=(0.5, 1.0))))
+    assert list(family.space.names) == ["hidden:model.layers", "heads:model.layers", "width:model.layers.ffn",
+                                        "depth:model.layers"]
+    arch = {"hidden:model.layers": 24, "heads:model.layers": 1, "width:model.layers.ffn": 32, "depth:model.layers": 2}
+    sub = family.extract(arch)
+    assert sub.lm_head.weight is sub.model.embed_tokens.weight  # the tied embeddings shrank once, still tied
+    sub.save_pretrained(tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert (reloaded.config.num_attention_heads, reloaded.config.intermediate_size,
-            reloaded.config.num_hidden_layers, reloaded.config.num_key_value_heads) == (2, 32, 2, 2)
+    assert (reloaded.config.num_attention_heads, reloaded.config.intermediate_size, reloaded.config.num_hidden_layers,
+            reloaded.config.num_key_value_heads, reloaded.config.hidden_size) == (2, 32, 2, 2, 24)
     with torch.no_grad(), family.activate(arch):
         assert torch.allclose(reloaded(ids).logits, family(ids, use_cache=False).logits, atol=1e-6)
         greedy = ids
@@ -342,3 +346,73 @@ def test_a_uniform_gpt2_sub_model_reloads_with_its_ffn_width_and_depth(tmp_path)
     assert (reloaded.config.n_inner, reloaded.config.n_layer) == (64, 2)  # n_inner was None: 4 x n_embd
     with torch.no_grad(), family.activate(arch):
         assert torch.allclose(reloaded(ids).logits, family(ids, use_cache=False).logits, atol=1e-6)
+
+
+STREAM_MODELS = {  # decoders with a head: their residual stream shrinks (ElasticConfig(hidden=...))
+    "llama-tied": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                                                         n_positions=16)),
+    "phi3": lambda: transformers.Phi3ForCausalLM(transformers.Phi3Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0)),
+    "qwen2-classifier": lambda: transformers.Qwen2ForSequenceClassification(transformers.Qwen2Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_MODELS))
+def test_the_hidden_size_shrinks_through_embeddings_norms_projections_and_the_head(name, tmp_path):
+    torch.manual_seed(0)
+    model, ids = STREAM_MODELS[name]().eval(), torch.randint(3, 100, (2, 7))
+    family = onefit.elasticize(model, (ids[:1],), onefit.ElasticConfig(hidden=(0.25, 0.5, 1.0)))
+    (dim,) = [d for d in family.space if d.kind == "hidden"]
+    size = dim.choices[-1]
+    logits = (lambda out: out.logits)
+    x = torch.randint(3, 100, (3, 9))  # inputs other than the example
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # configs that cannot describe every sub-model say so
+        expected = logits(model(x))
+        assert torch.equal(logits(family(x)), expected)  # the largest arch is the original
+        assert torch.allclose(logits(onefit.sort_(family)(x)), expected, atol=1e-5)  # sorting the stream keeps it
+        for arch in (family.space.min(), {**family.space.max(), dim.name: dim.choices[1]},
+                     family.space.sample(random.Random(2))):
+            with family.activate(arch):
+                elastic = logits(family(x))
+            sub = family.extract(arch).eval()
+            assert torch.allclose(logits(sub(x)), elastic, atol=1e-6)
+            assert onefit.count_params(family, arch) == sum(p.numel() for p in sub.parameters())
+            norms = [m for m in sub.modules() if "Norm" in type(m).__name__]
+            assert norms and {m.weight.shape[0] for m in norms} == {arch[dim.name]} != {size}
+            assert {m.embedding_dim for m in sub.modules() if isinstance(m, torch.nn.Embedding)} == {arch[dim.name]}
+    if name == "llama-tied":  # the narrower decoder exports, with parity on other inputs
+        report = export(Logits(sub), tmp_path / "sub.onnx", (x,), exporter="dynamo")
+        assert report.cosine > 0.99999
+
+
+class Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(ids, use_cache=False).logits
+
+
+def test_the_hidden_size_stays_whole_where_onefit_cannot_follow_every_part_of_the_stream():
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4)
+    gemma = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, head_dim=8))
+    bert_model, _ = bert()
+    ids = torch.randint(3, 100, (1, 6))
+    for model, why in [(transformers.LlamaModel(config), "the model's output is its hidden states"),
+                       (gemma, "gemma scales its embeddings by the square root"),
+                       (bert_model, "hidden size of BERT-style encoder models is kept whole")]:
+        family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(hidden=(0.5, 1.0)))
+        assert not [d for d in family.space if d.kind == "hidden"]
+        assert any(why in note for note in family.plan.notes), family.plan.notes
+    with pytest.raises(ValueError, match="ElasticConfig.hidden: width fractions must lie in"):
+        onefit.ElasticConfig(hidden=(0.0, 1.0))

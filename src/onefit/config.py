@@ -92,6 +92,9 @@ class ElasticConfig:
     uniform: one heads and one FFN-width dimension per transformer block list, shared by all its
     blocks, instead of one per block: the sub-models a transformers config can describe, so an
     extracted model saves with ``save_pretrained`` and reloads with ``from_pretrained``.
+    hidden: fractions of a transformer decoder's hidden size (its residual stream: embedding
+    columns, every norm, every projection reading or writing it, the head), one ``hidden:<blocks>``
+    dimension (``onefit.graph.stream``); None: the hidden size stays whole.
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -107,11 +110,14 @@ class ElasticConfig:
     kernel_layers: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
     uniform: bool = False
+    hidden: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))
         if self.heads is not None:
             object.__setattr__(self, "heads", _fractions(self.heads, "ElasticConfig.heads"))
+        if self.hidden is not None:
+            object.__setattr__(self, "hidden", _fractions(self.hidden, "ElasticConfig.hidden"))
         if not isinstance(self.depth, bool):
             depths = tuple(self.depth)
             if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
@@ -148,6 +154,8 @@ class ElasticConfig:
         for pattern, fractions in self.layers:
             if any(fnmatchcase(name, pattern) for name in producers):
                 return fractions
+        if kind == "hidden":
+            return self.hidden
         return self.heads if kind == "heads" and self.heads is not None else self.width
 
     def width_choices(self, size: int, multiple: int, producers: Sequence[str] = (), kind: str = "width") -> tuple:

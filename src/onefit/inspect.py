@@ -96,7 +96,17 @@ def _describe(family, gid: int | None, full: str) -> tuple[str, bool]:
     group = family.plan.groups[gid]
     if group.name in family.space.names:
         return group.name, True
+    if group.kind == "hidden" and not group.frozen:
+        return "fixed: the hidden size stays whole unless ElasticConfig(hidden=...) shrinks it", False
     return f"fixed: {group.frozen or 'one choice only'}", False
+
+
+def _describe_input(family, layer) -> tuple[str, bool]:
+    """A layer's input: its group, or the groups of the concatenation it reads."""
+    if not layer.in_segments:
+        return _describe(family, layer.in_group, layer.in_fixed or "model input")
+    parts = [_describe(family, g, "fixed part") for g, _ in layer.in_segments]
+    return " + ".join(dict.fromkeys(text for text, _ in parts)), any(elastic for _, elastic in parts)
 
 
 def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | None = None) -> Coverage:
@@ -120,8 +130,8 @@ def inspect(model: nn.Module, example_inputs: tuple, config: ElasticConfig | Non
             rows.append(LayerCoverage(name, _type_name(model, name), own, f"fixed: {reason}", f"fixed: {reason}",
                                       depth, bool(depth)))
             continue
-        w_in, e_in = _describe(family, layer.in_group, layer.in_fixed or "model input")
-        w_out, e_out = _describe(family, layer.out_group, "fixed")
+        w_in, e_in = _describe_input(family, layer)
+        w_out, e_out = _describe(family, layer.out_group, "full width")
         columns = {col: cell for kind in family.kinds for col, cell in kind.columns(family, name).items()}
         rows.append(LayerCoverage(name, _type_name(model, name), own, w_in, w_out, depth,
                                   e_in or e_out or bool(depth) or any(elastic for _, elastic in columns.values()),

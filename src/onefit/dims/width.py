@@ -17,7 +17,7 @@ from onefit.space import Dimension
 
 @register_kind
 class WidthKind(Kind):
-    names = ("width", "heads")
+    names = ("width", "heads", "hidden")
 
     def setup_(self, family) -> None:
         family.config.check_patterns("layers", family.config.layers, list(family.plan.layers))
@@ -25,7 +25,7 @@ class WidthKind(Kind):
     def dimensions(self, family) -> list[Dimension]:
         config, dims = family.config, {}
         for g in family.plan.groups.values():
-            if not g.elastic:
+            if not g.elastic or g.kind == "hidden" and config.hidden is None:  # the stream shrinks when asked
                 continue
             dim = Dimension(g.name, g.kind, config.choices(g.size, g.multiple, g.producers, g.kind))
             if dims.setdefault(g.name, dim) != dim:  # groups tied by ElasticConfig(uniform=True)

@@ -1,5 +1,7 @@
-"""Elastic BatchNorm1d/2d and LayerNorm (over the last dimension): they normalise the channels
-that arrive, with the matching prefix of their affine weights and running statistics.
+"""Elastic BatchNorm1d/2d, LayerNorm and RMSNorm (over the last dimension): they normalise the
+channels that arrive, with the matching prefix of their affine weights and running statistics.
+A transformer's RMSNorm (Llama's and its kin, registered by name) runs its own forward with
+the prefix of its weight, so a narrower residual stream is normalised over its active channels.
 
 >>> norm = ElasticBatchNorm.from_plain(nn.BatchNorm2d(8)).eval()
 >>> tuple(norm(torch.randn(2, 3, 4, 4)).shape), norm.to_plain(3, 3).num_features
@@ -11,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torch.func import functional_call
 
 from onefit.elastic.base import ElasticLayer
 from onefit.elastic.registry import register
@@ -122,3 +126,77 @@ class ElasticLayerNorm(_NormCost, nn.LayerNorm):
             if self.bias is not None:
                 plain.bias.copy_(self.bias[:out_size])
         return plain
+
+
+@register(nn.RMSNorm)
+class ElasticRMSNorm(_NormCost, nn.RMSNorm):
+    coupling = "layer_norm"
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.normalized_shape[-1], plain.normalized_shape[-1]
+
+    @classmethod
+    def from_plain(cls, plain: nn.RMSNorm) -> "ElasticRMSNorm":
+        if len(plain.normalized_shape) != 1:
+            raise TypeError(f"elastic RMSNorm needs one normalized dimension, got {plain.normalized_shape}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.normalized_shape, layer.eps, layer.elementwise_affine = plain.normalized_shape, plain.eps, \
+            plain.elementwise_affine
+        layer.weight = plain.weight
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        return F.rms_norm(x, (c,), None if self.weight is None else self.weight[:c], self.eps)
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.RMSNorm:
+        plain = nn.RMSNorm(out_size, eps=self.eps, elementwise_affine=self.elementwise_affine)
+        if self.weight is not None:
+            with torch.no_grad():
+                plain.weight.copy_(self.weight[:out_size])
+        return plain.to(None if self.weight is None else self.weight.device)
+
+
+# transformers' RMSNorms whose weight scales the normalised channels one for one (not Gemma's 1 + w)
+TRANSFORMERS_RMSNORMS = [f"transformers.models.{m}.modeling_{m}.{c}RMSNorm" for m, c in
+                         (("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3"),
+                          ("phi3", "Phi3"))]
+
+
+@register(*TRANSFORMERS_RMSNORMS)
+class ElasticTransformersRMSNorm(_NormCost, nn.Module):
+    """A norm over the last axis with one weight per channel, running the plain class's own
+    forward: at full width as it is, narrower with the prefix of its weight (``functional_call``)."""
+
+    coupling = None  # read off a transformer's modules, never traced
+
+    @classmethod
+    def plain_sizes(cls, plain: nn.Module) -> tuple[int, int]:
+        return plain.weight.shape[0], plain.weight.shape[0]
+
+    @classmethod
+    def from_plain(cls, plain: nn.Module) -> "ElasticTransformersRMSNorm":
+        layer = cls()
+        layer.__dict__.update(_attributes(plain))
+        layer.weight = plain.weight
+        layer.plain_type = type(plain)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.weight.shape[0]:
+            return self.plain_type.forward(self, x)
+        return functional_call(self, {"weight": self.weight[: x.shape[-1]]}, (x,))
+
+    def to_plain(self, in_size: int, out_size: int) -> nn.Module:
+        plain = self.plain_type.__new__(self.plain_type)
+        nn.Module.__init__(plain)
+        plain.__dict__.update({k: v for k, v in _attributes(self).items() if k != "plain_type"})
+        plain.weight = nn.Parameter(self.weight[:out_size].detach().clone())
+        return plain
+
+
+def _attributes(module: nn.Module) -> dict:
+    """A module's own plain attributes (an epsilon), not its parameters, buffers or submodules."""
+    return {k: v for k, v in module.__dict__.items() if not k.startswith("_") and k != "training"}

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
+from onefit.graph.stream import Stream, find_stream, is_norm
 
 @dataclass(frozen=True)
 class Layout:
@@ -45,24 +46,34 @@ class Layout:
     head_size: str  # the attention's attribute holding the size of one head
     fixed_heads: str | None = None  # why this layout's heads cannot shrink, if they cannot
     ffn_segments: int = 1  # a fused gate|up projection (Phi-3): its halves shrink alike
+    fixed_stream: str | None = None  # why its hidden size (the residual stream) cannot shrink, if it cannot
 
     @property
     def fused(self) -> int:
         """Parts of the query projection's outputs: 3 when one projection holds q, k and v."""
         return 3 if len(self.qkv) == 1 else 1
 
+    def projections(self) -> list[str]:
+        """Every projection of a block, relative to the block."""
+        return [f"{self.attention}.{q}" for q in self.qkv] + [self.out, *self.ffn_in, self.ffn_out]
+
+
+ENCODER_STREAM = ("the hidden size of {} models is kept whole (it shrinks in decoders: the Llama family, GPT-2, "
+                  "Phi-3)")
+
 
 LAYOUTS = {
     "bert": Layout("attention.self", ("query", "key", "value"), "attention.output.dense", ("intermediate.dense",),
-                   "output.dense", "attention_head_size"),
-    "vit": Layout("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", ("mlp.fc1",), "mlp.fc2", "head_dim"),
+                   "output.dense", "attention_head_size", fixed_stream=ENCODER_STREAM.format("BERT-style encoder")),
+    "vit": Layout("attention", ("q_proj", "k_proj", "v_proj"), "attention.o_proj", ("mlp.fc1",), "mlp.fc2", "head_dim",
+                  fixed_stream=ENCODER_STREAM.format("ViT")),
     # GPT-2: one fused q|k|v projection (transformers' Conv1D), split by the attention's split_size
     "gpt2": Layout("attn", ("c_attn",), "attn.c_proj", ("mlp.c_fc",), "mlp.c_proj", "head_dim"),
     # Llama, Mistral, Qwen2, Gemma, SmolLM, ...: a gated MLP, RMSNorm, rotary positions
     "llama": Layout("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"),
                     "mlp.down_proj", "head_dim"),
     "distilbert": Layout("attention", ("q_lin", "k_lin", "v_lin"), "attention.out_lin", ("ffn.lin1",), "ffn.lin2",
-                         "attention_head_size"),
+                         "attention_head_size", fixed_stream=ENCODER_STREAM.format("DistilBERT")),
     # Phi-3: q|k|v fused and split at offsets its config fixes; gate|up fused and split in halves,
     # each half keeping its first channels
     "phi3": Layout("self_attn", ("qkv_proj",), "self_attn.o_proj", ("mlp.gate_up_proj",), "mlp.down_proj", "head_dim",
@@ -70,17 +81,14 @@ LAYOUTS = {
                                "(num_attention_heads x head_dim); kept whole", ffn_segments=2),
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
-HIDDEN = "the hidden size (residual stream of a transformer encoder) is kept whole"
+HIDDEN = "the hidden size (the residual stream) is kept whole"
 KV = ("grouped-query attention: the key/value heads are kept (the query heads shrink inside each key/value "
       "group)")
 
 
 def _layout(block: nn.Module) -> Layout | None:
     names = {n for n, _ in block.named_modules()}
-    for layout in LAYOUTS.values():
-        if {f"{layout.attention}.{q}" for q in layout.qkv} | {layout.out, *layout.ffn_in, layout.ffn_out} <= names:
-            return layout
-    return None
+    return next((layout for layout in LAYOUTS.values() if set(layout.projections()) <= names), None)
 
 
 def find_encoders(model: nn.Module) -> list[str]:
@@ -111,19 +119,29 @@ def on_meta(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-def _linear_shapes(model: nn.Module, example_inputs: tuple) -> dict[str, tuple[tuple, tuple]]:
-    """(input shape, output shape) of every linear layer in one forward on the example; for a
+def _linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tuple[tuple, tuple]], dict[str, bool]]:
+    """(input shape, output shape) of every linear layer in one forward on the example, and
+    whether each reads (a view of) a norm's output, as a head reads the final norm's; for a
     model on the meta device, which cannot run transformers' data-dependent mask code, every
-    linear layer is taken to see the example's positions (a sequence of token ids)."""
+    linear layer is taken to see the example's positions (a sequence of token ids) and to read a
+    norm's output if its input has the size of one."""
     if on_meta(model):
         positions = tuple(example_inputs[0].shape)
-        return {name: ((*positions, _in_features(m)), (*positions, _out_features(m)))
-                for name, m in model.named_modules() if _is_linear(m)}
-    shapes, hooks = {}, []
+        sizes = {m.weight.shape[0] for m in model.modules() if is_norm(m)}
+        return ({name: ((*positions, _in_features(m)), (*positions, _out_features(m)))
+                 for name, m in model.named_modules() if _is_linear(m)},
+                {name: _in_features(m) in sizes for name, m in model.named_modules() if _is_linear(m)})
+    shapes, storage, normed, hooks = {}, {}, set(), []
+
+    def record(name, m, i, o):
+        shapes[name] = (tuple(i[0].shape), tuple(o.shape))
+        storage[name] = i[0].untyped_storage().data_ptr()
+
     for name, module in model.named_modules():
         if _is_linear(module):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.__setitem__(name, (tuple(i[0].shape), tuple(o.shape)))))
+            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
+        elif is_norm(module):
+            hooks.append(module.register_forward_hook(lambda m, i, o: normed.add(o.untyped_storage().data_ptr())))
     modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
@@ -133,7 +151,7 @@ def _linear_shapes(model: nn.Module, example_inputs: tuple) -> dict[str, tuple[t
             h.remove()
         for m, training in modes.items():
             m.train(training)
-    return shapes
+    return shapes, {name: ptr in normed for name, ptr in storage.items()}
 
 
 def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
@@ -141,7 +159,7 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
     encoders = find_encoders(model)
     if not encoders:
         return None
-    shapes = _linear_shapes(model, example_inputs)
+    shapes, reads = _linear_shapes(model, example_inputs)
     groups: dict[int, Group] = {}
     layers: dict[str, LayerPlan] = {}
 
@@ -155,11 +173,17 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
         layers[name] = LayerPlan(name, "linear", in_group, out_group, 1, math.prod(out_shape[1:-1]),
                                  in_positions=math.prod(in_shape[1:-1]), segments=segments)
 
-    stages, bindings = [], []
+    stages, bindings, notes = [], [], []
     for path in encoders:
         blocks = model.get_submodule(path)
-        hidden = new_group(_out_features(blocks[0].get_submodule(_layout(blocks[0]).out)), frozen=HIDDEN,
-                           label=f"{path}.hidden")
+        size = _out_features(blocks[0].get_submodule(_layout(blocks[0]).out))
+        parts = {f"{path}.{i}.{p}" for i, block in enumerate(blocks) for p in _layout(block).projections()}
+        stream = find_stream(model, path, size, parts, reads, _layout(blocks[0]).fixed_stream) \
+            if len(encoders) == 1 else "a model with several block lists"
+        why = None if isinstance(stream, Stream) else f"{HIDDEN}: {stream}"
+        if why:
+            notes.append(f"{path}: {why}")
+        hidden = new_group(size, frozen=why, label=path, kind="hidden")
         for i, block in enumerate(blocks):
             layout = _layout(block)
             b, attn = f"{path}.{i}", block.get_submodule(layout.attention)
@@ -202,18 +226,32 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
             for name in ffn_in:
                 linear(name, hidden, ffn, segments=layout.ffn_segments)
             linear(f"{b}.{layout.ffn_out}", ffn, hidden)
+        if isinstance(stream, Stream):
+            _bind_stream(stream, hidden, layers, linear)
+        groups[hidden].producers = [n for n, layer in layers.items() if layer.out_group == hidden and layer.kind != "norm"]
         stages.append(StagePlan(path, len(blocks), 1))
     for name in shapes:  # other Linear layers (poolers, heads): whole, but their MACs count
         if name not in layers:
             linear(name, None, None)
-    return Plan(groups, layers, stages, [f"{path}: {HIDDEN}" for path in encoders], bindings=bindings)
+    return Plan(groups, layers, stages, notes, bindings=bindings)
+
+
+def _bind_stream(stream: Stream, hidden: int, layers: dict, linear) -> None:
+    """The stream's embeddings write the hidden group, its norms pass it, its heads read it."""
+    for name in stream.embeddings:
+        layers[name] = LayerPlan(name, "embedding", None, hidden, in_fixed="token ids")
+    for name in stream.norms:
+        layers[name] = LayerPlan(name, "norm", hidden, hidden)
+    for name in stream.readers:
+        linear(name, hidden, None)
 
 
 # The config attributes that say how many blocks, heads and FFN channels a model has, by name
 # across architectures (Llama / BERT, GPT-2, DistilBERT); the first one a config has is used.
 CONFIG_NAMES = {"layers": ("num_hidden_layers", "n_layer", "n_layers"),
                 "heads": ("num_attention_heads", "n_head", "n_heads"),
-                "ffn": ("intermediate_size", "n_inner", "hidden_dim")}
+                "ffn": ("intermediate_size", "n_inner", "hidden_dim"),
+                "hidden": ("hidden_size", "n_embd", "dim")}
 UNEXPRESSIBLE = ("a transformers config cannot describe this sub-model ({why}); its config still describes the "
                  "original, so save_pretrained would not reload it (ElasticConfig(uniform=True) gives sub-models "
                  "a config can describe)")
@@ -244,10 +282,16 @@ def match_config_(model: nn.Module) -> str | None:
         return UNEXPRESSIBLE.format(why="its blocks differ in their query heads or FFN widths")
     names = {k: next((n for n in v if hasattr(config, n)), None) for k, v in CONFIG_NAMES.items()}
     (n_heads,), (n_ffn,) = heads, ffn
+    n_hidden = _out_features(blocks[0].get_submodule(layout.out))
     if names["heads"] and not layout.fixed_heads and n_heads != getattr(config, names["heads"]) \
             and getattr(config, "head_dim", None) is None:
         return UNEXPRESSIBLE.format(why="its config derives the head size from the number of heads, so fewer heads "
                                         "of the same size cannot be written in it")
+    if names["hidden"] and n_hidden != getattr(config, names["hidden"]) and getattr(config, "head_dim", None) is None:
+        return UNEXPRESSIBLE.format(why="its config derives the head size from the hidden size, so a narrower hidden "
+                                        "size with heads of the same size cannot be written in it")
+    if names["hidden"]:
+        setattr(config, names["hidden"], n_hidden)
     if names["layers"]:
         setattr(config, names["layers"], len(blocks))
     if names["heads"] and not layout.fixed_heads:
