@@ -175,5 +175,7 @@ def test_low_rank_and_attention_layers_refuse_what_they_cannot_do():
         ElasticMultiheadAttention.from_plain(nn.MultiheadAttention(8, 2, kdim=4, vdim=4))
     attention = ElasticMultiheadAttention.from_plain(nn.MultiheadAttention(8, 2, batch_first=True))
     x = torch.randn(1, 3, 8)
-    with pytest.raises(ValueError, match="masks are not supported"):
-        attention(x, x, x, attn_mask=torch.zeros(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="the same for every head; got shape"):
+        attention(x, x, x, attn_mask=torch.zeros(2, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="is_causal is a hint that attn_mask is the causal mask"):
+        attention(x, x, x, is_causal=True)

@@ -222,7 +222,7 @@ def test_a_concatenation_shrinks_part_by_part_and_keeps_its_statistics():
     assert family.extract(arch).fc.in_features == 13
 
 
-def test_multihead_attention_shrinks_by_heads_sequence_first_too_and_refuses_masks():
+def test_multihead_attention_shrinks_by_heads_sequence_first_too_and_refuses_masks_it_was_traced_without():
     from conftest import MHAEncoder
 
     torch.manual_seed(0)
@@ -238,7 +238,7 @@ def test_multihead_attention_shrinks_by_heads_sequence_first_too_and_refuses_mas
         assert torch.allclose(family(x), model(x), atol=1e-5)
     assert sub.attn.q_proj.out_features == 8  # 2 heads of 4
     h = torch.randn(5, 3, 16)
-    with pytest.raises(TypeError, match="attn_mask"):
+    with pytest.raises(TypeError, match="attn_mask"):  # traced without a mask, it takes none
         sub.attn(h, h, h, attn_mask=torch.zeros(5, 5))
 
 
@@ -254,7 +254,13 @@ class MaskedAttention(nn.Module):
         return self.out(torch.relu(self.fc(self.attn(x, x, x, attn_mask=self.causal)[0])))
 
 
-def test_masked_attention_is_kept_whole_with_its_reason():
-    family = onefit.elasticize(MaskedAttention(), (torch.randn(2, 4, 8),))
-    assert "heads:attn" not in family.space.names and "width:fc" in family.space.names
-    assert "called with a mask" in family.plan.layers["attn"].reason
+def test_attention_under_a_causal_mask_held_as_a_buffer_shrinks_by_heads():
+    torch.manual_seed(0)
+    model, x = MaskedAttention().eval(), torch.randn(3, 4, 8)
+    family = onefit.elasticize(model, (x[:1],))
+    assert "heads:attn" in family.space.names and "width:fc" in family.space.names
+    with torch.no_grad():
+        assert torch.allclose(family(x), model(x), atol=1e-5)
+        with family.activate(family.space.min()):
+            elastic = family(x)
+        assert torch.allclose(family.extract(family.space.min())(x), elastic, atol=1e-6)

@@ -26,6 +26,7 @@ from torch import nn
 from onefit.config import ElasticConfig
 from onefit.dims import KINDS
 from onefit.elastic import ElasticModuleList, ElasticSequential, to_elastic
+from onefit.elastic.attention import standard_paths_
 from onefit.elastic.base import full_sizes
 from onefit.elastic.registry import elastic_type_for, replace_module
 from onefit.elastic.ties import retie_
@@ -282,6 +283,7 @@ def elasticize(
             if layer.options:
                 elastic.call_options = layer.options
             replace_module(module, layer.name, elastic)
+    standard_paths_(module)
     for stage in plan.stages:
         plain = module.get_submodule(stage.name)
         elastic = ElasticModuleList if isinstance(plain, nn.ModuleList) else ElasticSequential

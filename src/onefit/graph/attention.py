@@ -16,7 +16,9 @@ from dataclasses import replace
 
 import torch.fx as fx
 
-from onefit.graph.plan import OpCost
+from torch import nn
+
+from onefit.graph.plan import LayerPlan, OpCost, StagePlan
 
 
 def _dynamic(size) -> bool:
@@ -86,3 +88,42 @@ def attention(walker, node: fx.Node, shape) -> object:
     qs, ks = shape(q), shape(k)
     walker.ops.append(OpCost(_owner(node), chans[0].group, 2 * math.prod(qs[1:-1]) * ks[-2] * qs[-1]))
     return chans[0]
+
+
+def transformer_encoder(walker, node: fx.Node, mod: nn.TransformerEncoder, shape, kept_whole) -> None:
+    """nn.TransformerEncoder, read off its layers (torch.fx cannot trace their fused-path checks):
+    each layer's attention shrinks by heads (with a causal or padding mask, the same for every
+    head) and its FFN by width; its layers are a depth stage; the model width (d_model) stays."""
+    name = node.target
+    call = {**dict(zip(("src", "mask", "src_key_padding_mask", "is_causal"), node.args)), **node.kwargs}
+    src = call["src"]
+    walker.freeze(walker.chan.get(src), f"{name}: an nn.TransformerEncoder keeps its model width (d_model)")
+    layers = list(mod.layers)
+    if not all(type(layer) is nn.TransformerEncoderLayer and layer.self_attn._qkv_same_embed_dim
+               and layer.self_attn.bias_k is None and not layer.self_attn.add_zero_attn for layer in layers):
+        walker.layers[name] = LayerPlan(name, "other", None, None,
+                                        reason=f"{name}: layers other than plain nn.TransformerEncoderLayer")
+        return walker.unknown(node, "an nn.TransformerEncoder of other layers")
+    why = kept_whole(call.get("mask"), shape(call.get("mask")), call.get("is_causal"))
+    tokens = shape(src)[1 if layers[0].self_attn.batch_first else 0]
+    options = {"need_weights": False, "average_attn_weights": True,  # as the layer calls its attention
+               # the encoder and its layers hand their attention masks converted to floats
+               "attn_mask": "float" if call.get("mask") is not None else None,
+               "key_padding_mask": "float" if call.get("src_key_padding_mask") is not None else None}
+    for i, layer in enumerate(layers):
+        prefix, attn = f"{name}.layers.{i}", layer.self_attn
+        if why:
+            walker.layers[f"{prefix}.self_attn"] = LayerPlan(f"{prefix}.self_attn", "other", None, None,
+                                                             reason=f"{prefix}.self_attn: {why}")
+        else:
+            heads = walker.new_group(attn.embed_dim)
+            walker.mark_heads(heads, attn.head_dim)
+            walker.layers[f"{prefix}.self_attn"] = LayerPlan(f"{prefix}.self_attn", "mha", None, heads, positions=tokens,
+                                                             in_positions=tokens, options=options)
+        ffn = walker.new_group(layer.linear1.out_features)
+        walker.layers[f"{prefix}.linear1"] = LayerPlan(f"{prefix}.linear1", "linear", None, ffn, positions=tokens,
+                                                       in_positions=tokens, in_fixed="the encoder's model width")
+        walker.layers[f"{prefix}.linear2"] = LayerPlan(f"{prefix}.linear2", "linear", ffn, None, positions=tokens,
+                                                       in_positions=tokens)
+    walker.extra_stages.append(StagePlan(f"{name}.layers", len(layers), 1))
+    return None  # its output keeps the model width

@@ -26,6 +26,7 @@ import math
 import operator
 from dataclasses import dataclass, replace
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -79,6 +80,25 @@ def _weight_axes(layer: LayerPlan) -> tuple[int | None, int | None] | None:
     return None
 
 
+def masks_kept_whole(attn_mask, shape: tuple | None, is_causal) -> str | None:
+    """Why an attention called with these masks cannot shrink by heads, or None: a mask the same
+    for every head ((T, S), or a key padding mask) follows fewer heads; one with a per-head axis
+    ((B * heads, T, S)) does not."""
+    if attn_mask is not None and not isinstance(attn_mask, fx.Node):
+        return "called with an attn_mask onefit cannot see (not a tensor of the graph)"
+    if attn_mask is not None and (shape is None or len(shape) != 2):
+        return f"its attn_mask has a per-head axis (shape {shape}), which cannot follow fewer heads; kept whole"
+    if is_causal and attn_mask is None:
+        return "is_causal without an attn_mask"
+    return None
+
+
+def _mask_kind(node) -> str | None:
+    """"bool" or "float": how the traced call gives a mask (its dtype on the example); None: no mask."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return None if meta is None else "bool" if meta.dtype == torch.bool else "float"
+
+
 def _op_name(node: fx.Node) -> str:
     target = node.target
     return target if isinstance(target, str) else getattr(target, "__name__", str(target))
@@ -108,6 +128,7 @@ class _Walker:
         self.layers: dict[str, LayerPlan] = {}
         self.notes: list[str] = []
         self.why_fixed: dict[fx.Node, str] = {}  # why an untracked tensor has a fixed width
+        self.extra_stages: list[StagePlan] = []  # block lists read off modules (nn.TransformerEncoder)
 
     # -- union-find over groups --------------------------------------------------------------
     def new_group(self, size: int) -> int:
@@ -249,6 +270,8 @@ class _Walker:
         rule = RULES.get(getattr(elastic, "coupling", None))
         if rule is not None:
             return rule(self, node, mod, elastic, out_shape)
+        if isinstance(mod, nn.TransformerEncoder):
+            return attention.transformer_encoder(self, node, mod, _shape, masks_kept_whole)
         if isinstance(mod, nn.Flatten):
             return self.flatten(node, mod.start_dim, mod.end_dim)
         if isinstance(mod, _PASS_MODULES):
@@ -313,13 +336,13 @@ class _Walker:
         params = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
                   "is_causal")
         call = {**dict(zip(params, node.args)), **node.kwargs}
-        masked = any(call.get(k) is not None for k in ("key_padding_mask", "attn_mask")) or call.get("is_causal")
         for k in ("query", "key", "value"):
             if isinstance(call.get(k), fx.Node):
                 self.freeze(self.chan.get(call[k]), f"{name}: an attention keeps its embedding width")
         supported = mod._qkv_same_embed_dim and mod.bias_k is None and not mod.add_zero_attn
-        if masked or not supported or not all(isinstance(call.get(k), fx.Node) for k in ("query", "key", "value")):
-            why = "called with a mask" if masked else "an attention of a kind onefit does not shrink"
+        why = masks_kept_whole(call.get("attn_mask"), _shape(call.get("attn_mask")), call.get("is_causal"))
+        if why or not supported or not all(isinstance(call.get(k), fx.Node) for k in ("query", "key", "value")):
+            why = why or "an attention of a kind onefit does not shrink"
             self.layers[name] = LayerPlan(name, "other", None, None, reason=f"{name}: {why}")
             return None
         heads = self.new_group(mod.embed_dim)
@@ -329,7 +352,9 @@ class _Walker:
         self.layers[name] = LayerPlan(
             name, "mha", None, heads, positions=tokens(q), in_positions=tokens(k),
             options={"need_weights": call.get("need_weights", True),
-                     "average_attn_weights": call.get("average_attn_weights", True)},
+                     "average_attn_weights": call.get("average_attn_weights", True),
+                     "attn_mask": _mask_kind(call.get("attn_mask")),
+                     "key_padding_mask": _mask_kind(call.get("key_padding_mask"))},
         )
         return None  # the output is a tuple; what reads it sees a fixed width
 
@@ -518,7 +543,7 @@ def trace_plan(model: nn.Module, example_inputs: tuple) -> Plan:
         walker.visit(node)
     tied = tied_parameters(model)
     walker.tie(tied)
-    stages = find_stages(model, traced, walker)
+    stages = find_stages(model, traced, walker) + walker.extra_stages
     plan = walker.plan(stages)
     plan.tied = tied
     return plan
