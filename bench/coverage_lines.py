@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-CORE = ("space.py", "family.py", "dims/", "elastic/", "graph/", "importance.py", "cost/counts.py", "train/",
+CORE = ("space.py", "family.py", "dims/", "elastic/", "graph/", "importance/", "cost/counts.py", "train/",
         "tasks/", "search/", "export/", "checkpoint.py", "saved.py", "trust.py", "distill.py", "config.py")
 
 

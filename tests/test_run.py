@@ -156,6 +156,7 @@ def test_the_config_names_each_bad_key_and_what_is_allowed(tmp_path):
         ({**base, "train": {"epoch": 2}}, "train.epoch: unknown key; did you mean 'epochs'?"),
         ({**base, "elastic": {"widths": [0.5]}}, "did you mean 'width'?"),
         ({**base, "elastic": {"width": [2.0]}}, "width fractions must lie in (0, 1]"),
+        ({**base, "elastic": {"importance": "magnitude"}}, "elastic.importance: Input should be 'l1', 'activation' or"),
         ({**base, "train": {"recipe": "sorted"}}, "'sorted' is not a recipe; choose one of"),
         ({**base, "search": {"searcher": "grid"}}, "'grid' is not a searcher; choose one of"),
         ({**base, "targets": {"runtimes": ["tensorrt"]}}, "targets.runtimes: 'tensorrt' is not a runtime; choose from"),
@@ -435,6 +436,7 @@ def test_a_transformers_model_folder_is_a_family_whose_sub_models_learn_the_orig
     monkeypatch.syspath_prepend(str(tmp_path))
     data = {"model": {"transformers": str(tmp_path / "bert")}, "data": {"factory": "tokens:tokens"},
             "task": {"name": "distillation", "kind": "cosine", "inputs": 2}, "train": {"epochs": 2, "lr": 1e-3},
+            "elastic": {"importance": "activation"},  # channels sorted by their activations on the calibration split
             "search": {"budget": 4, "searcher": "random", "objectives": ["error", "params"]},
             "targets": {"runtimes": ["eager"], "batch_sizes": [1], "repeats": 3}, "export": {"max_models": 2}}
     out = tmp_path / "run"

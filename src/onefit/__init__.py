@@ -10,7 +10,8 @@ from onefit.inspect import Coverage, inspect
 from onefit.export import ExportError, ExportReport, export
 from onefit.config import ElasticConfig
 from onefit.family import Family, elasticize
-from onefit.importance import L1Importance, block_importance, order_depth_, sort_
+from onefit.importance import (ActivationImportance, L1Importance, TaylorImportance, block_importance, order_depth_,
+                               sort_)
 from onefit.select import BudgetError, largest_within
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import data, zoo
@@ -56,7 +57,9 @@ __all__ = [
     "TRPRecipe",
     "NSGA2Search",
     "PredictorSearch",
+    "ActivationImportance",
     "L1Importance",
+    "TaylorImportance",
     "Problem",
     "QuantizedDistillationConfig",
     "QuantizedDistillationRecipe",

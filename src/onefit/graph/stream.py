@@ -13,6 +13,9 @@ every one beside the blocks is an embedding of the hidden size or a norm; the he
 final norm's own output (checked on the example by storage, so a head reading a pooled or
 otherwise computed tensor of the same size is never sliced); a model whose output *is* the
 stream (no head) keeps it, as its output size is part of its interface.
+
+>>> is_norm(nn.LayerNorm(8)), is_norm(nn.RMSNorm(8)), is_norm(nn.Linear(8, 8))
+(True, True, False)
 """
 
 from __future__ import annotations

@@ -137,12 +137,15 @@ class PretrainSection(_Section):
 
 
 class ElasticSection(_Section):
-    """``onefit.ElasticConfig``'s fields, checked by it; ``sort``: sort channels by importance first;
-    ``order_depth``: rank a transformer's layers by block importance on the calibration data, so a
-    shallower sub-model drops the least important layers, not the last ones."""
+    """``onefit.ElasticConfig``'s fields, checked by it; ``sort``: sort channels by importance first,
+    by ``importance``: the weights' L1 norm (``l1``), activations (``activation``, Minitron) or
+    first-order Taylor scores (``taylor``) on the calibration data; ``order_depth``: rank a
+    transformer's layers by block importance on the calibration data, so a shallower sub-model
+    drops the least important layers, not the last ones."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     sort: bool = True
+    importance: Literal["l1", "activation", "taylor"] = "l1"
     order_depth: bool = False
 
     @model_serializer(mode="wrap")
@@ -150,6 +153,8 @@ class ElasticSection(_Section):
         data = handler(self)
         if not data.get("order_depth"):  # off and unset are one config: run folders made before it stay valid
             data.pop("order_depth", None)
+        if data.get("importance") == "l1":
+            data.pop("importance", None)
         return data
 
     @model_validator(mode="after")
@@ -164,7 +169,7 @@ class ElasticSection(_Section):
         known = set(ElasticConfig.__dataclass_fields__)
         unknown = sorted(set(fields) - known)
         if unknown:
-            raise ValueError(f"{unknown[0]}: {_unknown(unknown[0], sorted(known | {'sort', 'order_depth'}))}")
+            raise ValueError(f"{unknown[0]}: {_unknown(unknown[0], sorted(known | {'sort', 'importance', 'order_depth'}))}")
         return ElasticConfig(**fields)
 
 

@@ -98,7 +98,7 @@ def _recipe(job: Job):
 def starting_family(job: Job, folder: RunFolder):
     """The family before its own training: pretrained weights if any, channels sorted, layers
     ranked by importance when the config asks."""
-    from onefit.importance import sort_
+    from onefit.importance import ActivationImportance, L1Importance, TaylorImportance, sort_
     from onefit.saved import restore_
 
     family = job.family()
@@ -106,7 +106,8 @@ def starting_family(job: Job, folder: RunFolder):
         restore_(family, folder.path / "pretrain")
         family.history = []
     if job.config.elastic.sort:
-        sort_(family)
+        kind = {"l1": None, "activation": ActivationImportance, "taylor": TaylorImportance}[job.config.elastic.importance]
+        sort_(family, L1Importance() if kind is None else kind(job.splits.calibration, job.task))
     if job.config.elastic.order_depth:
         from onefit.importance import order_depth_
 
