@@ -416,3 +416,42 @@ def test_the_hidden_size_stays_whole_where_onefit_cannot_follow_every_part_of_th
         assert any(why in note for note in family.plan.notes), family.plan.notes
     with pytest.raises(ValueError, match="ElasticConfig.hidden: width fractions must lie in"):
         onefit.ElasticConfig(hidden=(0.0, 1.0))
+
+
+def test_whole_key_value_groups_go_with_their_query_heads_and_the_weakest_group_goes_first(tmp_path):
+    config = transformers.LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=6, num_key_value_heads=3, head_dim=8)
+    torch.manual_seed(0)
+    model, ids = transformers.LlamaForCausalLM(config).eval(), torch.randint(0, 100, (2, 7))
+    with torch.no_grad():  # key/value group 0 of the first attention carries almost nothing
+        attn = model.model.layers[0].self_attn
+        for proj in (attn.k_proj, attn.v_proj, attn.q_proj):
+            proj.weight[: proj.out_features // 3].mul_(1e-3)
+    weak = attn.k_proj.weight[:8].clone()
+    fractions = onefit.ElasticConfig(kv_heads=(0.34, 0.67, 1.0))
+    family = onefit.elasticize(model, (ids[:1],), fractions)
+    assert family.space["kv:model.layers.0.self_attn"].choices == (1, 2, 3)
+    with torch.no_grad():
+        expected = model(ids).logits
+        assert torch.equal(family(ids).logits, expected)
+        assert torch.allclose(onefit.sort_(family)(ids).logits, expected, atol=1e-5)
+        assert torch.equal(family.module.model.layers[0].self_attn.k_proj.weight[16:], weak)  # last of the three
+        for arch in (family.space.min(), {**family.space.max(), "kv:model.layers.0.self_attn": 2},
+                     family.space.sample(random.Random(3))):
+            with family.activate(arch):
+                elastic = family(ids).logits
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # per-block sizes: its config cannot describe it
+                sub = family.extract(arch).eval()
+            assert torch.allclose(sub(ids).logits, elastic, atol=1e-6)
+            assert onefit.count_params(family, arch) == sum(p.numel() for p in sub.parameters())
+            kept = arch["kv:model.layers.0.self_attn"]
+            first = sub.model.layers[0].self_attn
+            assert first.k_proj.out_features == 8 * kept and first.o_proj.in_features == first.q_proj.out_features
+    uniform = onefit.elasticize(model, (ids[:1],), onefit.ElasticConfig(kv_heads=(0.34, 0.67, 1.0), uniform=True))
+    arch = {**uniform.space.max(), "kv:model.layers": 2, "heads:model.layers": 1}
+    uniform.extract(arch).save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.num_key_value_heads, reloaded.config.num_attention_heads) == (2, 2)
+    with torch.no_grad(), uniform.activate(arch):
+        assert torch.allclose(reloaded(ids).logits, uniform(ids, use_cache=False).logits, atol=1e-6)

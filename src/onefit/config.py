@@ -95,6 +95,9 @@ class ElasticConfig:
     hidden: fractions of a transformer decoder's hidden size (its residual stream: embedding
     columns, every norm, every projection reading or writing it, the head), one ``hidden:<blocks>``
     dimension (``onefit.graph.stream``); None: the hidden size stays whole.
+    kv_heads: fractions of a grouped-query attention's key/value heads: whole groups, each with
+    its query heads, as LLM-Pruner prunes them (one ``kv:<attention>`` dimension per attention);
+    None: every key/value head is kept (Minitron's choice).
     """
 
     width: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
@@ -111,6 +114,7 @@ class ElasticConfig:
     options: tuple[tuple[str, Any], ...] = ()
     uniform: bool = False
     hidden: tuple[float, ...] | None = None
+    kv_heads: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "width", _fractions(self.width, "ElasticConfig.width"))
@@ -118,6 +122,8 @@ class ElasticConfig:
             object.__setattr__(self, "heads", _fractions(self.heads, "ElasticConfig.heads"))
         if self.hidden is not None:
             object.__setattr__(self, "hidden", _fractions(self.hidden, "ElasticConfig.hidden"))
+        if self.kv_heads is not None:
+            object.__setattr__(self, "kv_heads", _fractions(self.kv_heads, "ElasticConfig.kv_heads"))
         if not isinstance(self.depth, bool):
             depths = tuple(self.depth)
             if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
@@ -154,8 +160,8 @@ class ElasticConfig:
         for pattern, fractions in self.layers:
             if any(fnmatchcase(name, pattern) for name in producers):
                 return fractions
-        if kind == "hidden":
-            return self.hidden
+        if kind in ("hidden", "kv"):
+            return self.hidden if kind == "hidden" else self.kv_heads
         return self.heads if kind == "heads" and self.heads is not None else self.width
 
     def width_choices(self, size: int, multiple: int, producers: Sequence[str] = (), kind: str = "width") -> tuple:
@@ -166,7 +172,7 @@ class ElasticConfig:
     def choices(self, size: int, multiple: int, producers: Sequence[str], kind: str) -> tuple[int, ...]:
         """Choices of a group's dimension: channels for ``width``, head counts for ``heads``."""
         widths = self.width_choices(size, multiple, producers, kind)
-        return tuple(w // multiple for w in widths) if kind == "heads" else widths
+        return tuple(w // multiple for w in widths) if kind in ("heads", "kv") else widths
 
     def depth_choices(self, min_depth: int, blocks: int) -> tuple[int, ...]:
         if self.depth is True:

@@ -33,6 +33,8 @@ from onefit.elastic.ties import retie_
 from onefit.graph import Plan, analyze
 from onefit.space import Arch, Space
 
+COUNTED = ("heads", "kv")  # kinds whose choices count heads of `multiple` channels, not channels
+
 
 class Family(nn.Module):
     """An elastic network: ``module`` holds the largest weights, ``space`` names its sub-models.
@@ -109,7 +111,7 @@ class Family(nn.Module):
     # -- which sub-model runs ------------------------------------------------------------------
     def widths(self, arch: Mapping[str, Any]) -> dict[int, int]:
         """Active width in channels of every group (frozen and non-elastic groups at full size)."""
-        scale = {gid: g.multiple if g.kind == "heads" else 1 for gid, g in self.plan.groups.items()}
+        scale = {gid: g.multiple if g.kind in COUNTED else 1 for gid, g in self.plan.groups.items()}
         return {gid: arch[g.name] * scale[gid] if g.name in arch else g.size for gid, g in self.plan.groups.items()}
 
     def depths(self, arch: Mapping[str, Any]) -> dict[str, int]:
@@ -128,13 +130,19 @@ class Family(nn.Module):
         """(module, attribute, value) settings that make the family compute ``arch``."""
         return [setting for kind in self.kinds for setting in kind.settings(self, arch)]
 
-    @staticmethod
-    def input_index(layer, widths: dict[int, int]):
-        """Input channels a layer reading a concatenation keeps: each part's first channels."""
-        parts, offset = [], 0
-        for group, size in layer.in_segments:
-            width = size if group is None else widths[group]
-            parts.append(torch.arange(offset, offset + width))
+    def parts(self, layer, widths: dict[int, int]) -> int:
+        """How many of a layer's equal output segments (or input parts) a sub-model keeps: all,
+        or as many as its segment group's active width holds (the key/value heads kept)."""
+        if layer.segment_group is None:
+            return len(layer.in_segments) if layer.in_segments else layer.segments
+        return widths[layer.segment_group] // self.plan.groups[layer.segment_group].multiple
+
+    def input_index(self, layer, widths: dict[int, int]):
+        """Input channels a layer reading a concatenation keeps: each kept part's first channels."""
+        parts, offset, kept = [], 0, self.parts(layer, widths)
+        for i, (group, size) in enumerate(layer.in_segments):
+            if i < kept:
+                parts.append(torch.arange(offset, offset + (size if group is None else widths[group])))
             offset += size
         return torch.cat(parts)
 
@@ -183,7 +191,8 @@ class Family(nn.Module):
             module = self.module.get_submodule(layer.name)
             full_in, full_out = full_sizes(module)
             n_in = full_in if layer.in_group is None else widths[layer.in_group] * layer.in_unit
-            n_out = full_out if layer.out_group is None else widths[layer.out_group] * layer.segments
+            segments = layer.segments if layer.in_segments else self.parts(layer, widths)  # output segments kept
+            n_out = full_out if layer.out_group is None else widths[layer.out_group] * segments
             if layer.in_segments:
                 n_in = len(self.input_index(layer, widths))
                 n_out = n_in if layer.kind == "norm" else n_out
@@ -208,8 +217,10 @@ class Family(nn.Module):
         for name, (n_in, n_out) in self.layer_sizes(arch).items():
             layer, plan = sub.get_submodule(name), self.plan.layers[name]
             if not f"{name}.".startswith(skipped) and hasattr(layer, "to_plain"):
-                index = self.input_index(plan, widths) if plan.in_segments else None
-                plain = layer.to_plain(n_in, n_out) if index is None else layer.to_plain(n_in, n_out, in_index=index)
+                kwargs = {"in_index": self.input_index(plan, widths)} if plan.in_segments else {}
+                if plan.segment_group is not None and not plan.in_segments:
+                    kwargs["segments"] = self.parts(plan, widths)
+                plain = layer.to_plain(n_in, n_out, **kwargs)
                 for kind in self.kinds:
                     plain = kind.extract_layer(self, name, plain, arch)
                 replace_module(sub, name, plain)

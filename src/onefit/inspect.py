@@ -98,6 +98,9 @@ def _describe(family, gid: int | None, full: str) -> tuple[str, bool]:
         return group.name, True
     if group.kind == "hidden" and not group.frozen:
         return "fixed: the hidden size stays whole unless ElasticConfig(hidden=...) shrinks it", False
+    if group.kind == "kv" and not group.frozen:
+        return ("fixed: grouped-query attention keeps its key/value heads (the query heads shrink inside each "
+                "group) unless ElasticConfig(kv_heads=...) drops whole groups"), False
     return f"fixed: {group.frozen or 'one choice only'}", False
 
 

@@ -33,6 +33,7 @@ class ElasticLinear(ElasticLayer, nn.Linear):
     in_index = None  # input columns to use when the input is a concatenation; None: a prefix
     active_bits: int | None = None  # weight bit-width; None or 32: full precision
     segments: int = 1  # equal parts of the outputs, each shrinking by its own prefix
+    active_segments: int | None = None  # the first parts kept (whole key/value groups); None: all
 
     @classmethod
     def from_plain(cls, plain: nn.Linear) -> "ElasticLinear":
@@ -43,13 +44,13 @@ class ElasticLinear(ElasticLayer, nn.Linear):
         layer.active_out = None
         return layer
 
-    def rows(self, per_segment: int | None):
-        """The output rows kept: a prefix, or each segment's first ``per_segment``."""
+    def rows(self, per_segment: int | None, kept: int | None = None):
+        """The output rows kept: a prefix, or each kept segment's first ``per_segment``."""
         if self.segments == 1:
             return slice(0, self.out_features if per_segment is None else per_segment)
         size = self.out_features // self.segments
         within = torch.arange(size if per_segment is None else per_segment, device=self.weight.device)
-        return segment_index(within, size, self.segments)
+        return segment_index(within, size, kept or self.active_segments or self.segments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n_in = x.shape[-1]
@@ -61,9 +62,11 @@ class ElasticLinear(ElasticLayer, nn.Linear):
         x, weight = fake_quantize(self, x, weight)
         return F.linear(x, weight, bias)
 
-    def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None) -> nn.Linear:
+    def to_plain(self, in_size: int, out_size: int, in_index: torch.Tensor | None = None,
+                 segments: int | None = None) -> nn.Linear:
         plain = nn.Linear(in_size, out_size, bias=self.bias is not None)
-        rows = self.rows(out_size // self.segments)
+        kept = segments or self.segments
+        rows = self.rows(out_size // kept, kept)
         with torch.no_grad():
             columns = slice(0, in_size) if in_index is None else in_index
             plain.weight.copy_(self.weight[rows][:, columns])
@@ -83,6 +86,14 @@ class ElasticLinear(ElasticLayer, nn.Linear):
 
     def permute_in(self, columns: torch.Tensor) -> None:
         self.weight.copy_(self.weight[:, columns])
+
+    def permute_segments(self, order: torch.Tensor) -> None:
+        """Reorder whole output segments (key/value groups with their query heads)."""
+        size = self.out_features // self.segments
+        rows = (order[:, None] * size + torch.arange(size)).flatten()
+        self.weight.copy_(self.weight[rows])
+        if self.bias is not None:
+            self.bias.copy_(self.bias[rows])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, active_out={self.active_out}, active_bits={self.active_bits}"

@@ -22,7 +22,7 @@ class Group:
     multiple: int = 1  # widths must be multiples of this (grouped convolutions)
     frozen: str | None = None  # why this group keeps its full size, or None if elastic
     producers: list[str] = field(default_factory=list)  # layers whose outputs are these channels
-    kind: str = "width"  # "heads": channels come in heads of `multiple` channels, chosen by head count
+    kind: str = "width"  # "heads" / "kv": channels come in heads of `multiple` channels, chosen by head count
     label: str | None = None  # name of its dimension after the kind; the first producer by default
     tie: str | None = None  # the label it shares with its peers under ElasticConfig(uniform=True)
 
@@ -59,6 +59,9 @@ class LayerPlan:
     in_segments: tuple = ()
     options: dict = field(default_factory=dict)  # how the model calls it (e.g. an attention's need_weights)
     in_fixed: str = ""  # with in_group None: why the input width is fixed ("model input", an op upstream)
+    # A group counting whole segments (outputs) or parts (in_segments) kept: its active width //
+    # its multiple (the key/value heads kept, each with its query heads); None: all of them
+    segment_group: int | None = None
 
 
 @dataclass

@@ -17,7 +17,9 @@ query heads shrink inside each key/value group, the same number in every group (
 dimension counts query heads *per key/value group*), ranked by importance within their group
 (one ranking shared by the groups). q_proj is a segmented layer, one segment per key/value head,
 each keeping its first heads; o_proj reads the same segments; the attention's
-``num_key_value_groups`` follows the choice.
+``num_key_value_groups`` follows the choice. With ``ElasticConfig(kv_heads=...)`` whole
+key/value groups go too, as LLM-Pruner prunes them (a ``kv`` dimension counting key/value heads:
+k_proj and v_proj keep their first heads, q_proj its first segments, o_proj its first parts).
 
 >>> sorted(LAYOUTS)
 ['bert', 'distilbert', 'gpt2', 'llama', 'phi3', 'vit']
@@ -82,8 +84,6 @@ LAYOUTS = {
 }
 LISTS = ("layer", "layers", "h")  # the attribute holding an encoder's blocks
 HIDDEN = "the hidden size (the residual stream) is kept whole"
-KV = ("grouped-query attention: the key/value heads are kept (the query heads shrink inside each key/value "
-      "group)")
 
 
 def _layout(block: nn.Module) -> Layout | None:
@@ -204,13 +204,17 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
                 per_kv = query_channels // kv_heads  # one segment of q_proj's outputs per key/value head
                 heads = new_group(per_kv, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",
                                   producers=qkv[:1], tie=path)
-                kv = new_group(_out_features(model.get_submodule(qkv[1])), frozen=KV, label=f"{b}.kv")
+                # whole key/value heads, each with its query heads (ElasticConfig(kv_heads=...))
+                kv = new_group(_out_features(model.get_submodule(qkv[1])), multiple=head_size, kind="kv",
+                               label=f"{b}.{layout.attention}", producers=qkv[1:], tie=path)
                 linear(qkv[0], hidden, heads, segments=kv_heads)
+                layers[qkv[0]].segment_group = kv
                 for name in qkv[1:]:
                     linear(name, hidden, kv)
                 out = f"{b}.{layout.out}"
                 linear(out, None, hidden)
                 layers[out].in_segments = ((heads, per_kv),) * kv_heads  # each group's first heads
+                layers[out].segment_group = kv
                 bindings.append((f"{b}.{layout.attention}", "num_key_value_groups", heads, head_size))
             else:
                 heads = new_group(query_channels, multiple=head_size, kind="heads", label=f"{b}.{layout.attention}",

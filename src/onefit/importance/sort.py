@@ -50,13 +50,14 @@ class L1Importance:
 
 
 def sort_(family, importance: Importance | None = None):
-    """Sort every elastic width and heads group of ``family`` in place, most important first."""
+    """Sort every group of ``family`` with a dimension in its space (width, heads, hidden size, key/value
+    groups) in place, most important first."""
     importance = importance or L1Importance()
     module, plan = family.module, family.plan
     measured = importance.measure(family) if hasattr(importance, "measure") else {}
     with torch.no_grad():
         for gid, group in plan.groups.items():
-            if not group.elastic:
+            if not group.elastic or group.name not in family.space.names:  # no dimension: no prefix to rank for
                 continue
             producers = [module.get_submodule(n) for n in group.producers]
             scores = measured[gid] if gid in measured else importance(producers)
@@ -67,6 +68,15 @@ def sort_(family, importance: Importance | None = None):
             order = (blocks[:, None] * m + torch.arange(m)).flatten()
             _permute_group(module, plan, gid, order)
     return family
+
+
+def _permute_parts(m: nn.Module, layer, parts: torch.Tensor) -> None:
+    """Reorder a layer's equal output segments, or the equal parts of the input it reads."""
+    if not layer.in_segments:
+        m.permute_segments(parts)
+        return
+    size = m.weight.shape[1] // len(layer.in_segments)
+    m.weight.copy_(m.weight[:, (parts[:, None] * size + torch.arange(size)).flatten()])
 
 
 def _segment_offsets(layer, gid: int) -> list[int]:
@@ -84,6 +94,9 @@ def _permute_group(module: nn.Module, plan: Plan, gid: int, order: torch.Tensor)
     permuted: set[int] = set()  # a weight several layers hold (tied embeddings) is permuted once
     for layer in plan.layers.values():
         m = module.get_submodule(layer.name)
+        if layer.segment_group == gid:  # whole key/value groups: q_proj's segments, o_proj's parts
+            _permute_parts(m, layer, order[:: plan.groups[gid].multiple] // plan.groups[gid].multiple)
+            continue
         weight = getattr(m, "weight", None)
         if isinstance(weight, torch.Tensor) and id(weight) in permuted:
             continue
