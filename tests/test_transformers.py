@@ -397,7 +397,7 @@ class Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, ids):
-        return self.model(ids, use_cache=False).logits
+        return self.model(ids, use_cache=False).logits  # no caches in the graph
 
 
 def test_the_hidden_size_stays_whole_where_onefit_cannot_follow_every_part_of_the_stream():
@@ -455,3 +455,39 @@ def test_whole_key_value_groups_go_with_their_query_heads_and_the_weakest_group_
     assert (reloaded.config.num_key_value_heads, reloaded.config.num_attention_heads) == (2, 2)
     with torch.no_grad(), uniform.activate(arch):
         assert torch.allclose(reloaded(ids).logits, uniform(ids, use_cache=False).logits, atol=1e-6)
+
+
+def test_a_mamba_model_shrinks_its_inner_width_and_depth_and_its_sub_model_reloads_and_generates(tmp_path):
+    config = transformers.MambaConfig(vocab_size=100, hidden_size=32, state_size=8, num_hidden_layers=3, expand=2,
+                                      conv_kernel=4, use_cache=False)
+    torch.manual_seed(0)
+    model, x = transformers.MambaForCausalLM(config).eval(), torch.randint(0, 100, (3, 9))
+    family = onefit.elasticize(model, (x[:1],))
+    assert [d.name for d in family.space] == [f"width:backbone.layers.{i}.mixer" for i in range(3)] + \
+        ["depth:backbone.layers"]
+    assert any("hidden size of a Mamba model is kept whole" in note for note in family.plan.notes)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # per-block widths: its config cannot describe them
+        expected = model(x).logits
+        assert torch.equal(family(x).logits, expected)
+        assert torch.allclose(onefit.sort_(family)(x).logits, expected, atol=1e-5)
+        for arch in (family.space.min(), family.space.sample(random.Random(3))):
+            with family.activate(arch):
+                elastic = family(x).logits
+            sub = family.extract(arch).eval()
+            assert torch.allclose(sub(x).logits, elastic, atol=1e-6)
+            assert onefit.count_params(family, arch) == sum(p.numel() for p in sub.parameters())
+    uniform = onefit.elasticize(model, (x[:1],), onefit.ElasticConfig(uniform=True))
+    arch = {"width:backbone.layers.inner": 32, "depth:backbone.layers": 2}
+    small = uniform.extract(arch)
+    small.save_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (reloaded.config.intermediate_size, reloaded.config.num_hidden_layers) == (32, 2)
+    with torch.no_grad(), uniform.activate(arch):
+        assert torch.allclose(reloaded(x).logits, uniform(x).logits, atol=1e-6)
+        greedy = x[:1, :4]
+        for _ in range(5):
+            greedy = torch.cat([greedy, uniform(greedy).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(reloaded.generate(x[:1, :4], max_new_tokens=5, do_sample=False, use_cache=True), greedy)
+    report = export(Logits(small.eval()), tmp_path / "mamba.onnx", (x,), exporter="dynamo")
+    assert report.cosine > 0.99999

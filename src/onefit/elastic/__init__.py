@@ -12,6 +12,7 @@ from onefit.elastic.embedding import ElasticEmbedding
 from onefit.elastic.hf_conv1d import ElasticHFConv1D
 from onefit.elastic.linear import ElasticLinear
 from onefit.elastic.norm import ElasticBatchNorm, ElasticLayerNorm
+from onefit.elastic.mamba import ElasticMambaMixer
 from onefit.elastic.registry import elastic_type_for, to_elastic
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ElasticHFConv1D",
     "ElasticLayerNorm",
     "ElasticLinear",
+    "ElasticMambaMixer",
     "ElasticModuleList",
     "ElasticMultiheadAttention",
     "ElasticSequential",

@@ -1,11 +1,13 @@
 """Structure analysis: which channels must shrink together, and which must stay.
 
-``analyze`` reads Hugging Face transformer encoders off their modules (torch.fx cannot trace
-them) and traces everything else with torch.fx; both produce the same ``Plan``.
+``analyze`` reads Hugging Face transformers (attention blocks, Mamba blocks) off their modules
+(torch.fx cannot trace them) and traces everything else with torch.fx; all produce the same
+``Plan``.
 """
 
 from onefit.elastic.ties import tied_parameters
 from onefit.graph.coupling import trace_plan
+from onefit.graph.mamba import mamba_plan
 from onefit.graph.trace import TraceError
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
 from onefit.graph.transformers import encoder_plan
@@ -13,7 +15,7 @@ from onefit.graph.transformers import encoder_plan
 
 def analyze(model, example_inputs: tuple) -> Plan:
     """The width groups, bound layers and depth stages of ``model`` on ``example_inputs``."""
-    plan = encoder_plan(model, example_inputs)
+    plan = encoder_plan(model, example_inputs) or mamba_plan(model, example_inputs)
     plan = plan if plan is not None else trace_plan(model, example_inputs)
     plan.tied = tied_parameters(model)
     return plan

@@ -119,7 +119,7 @@ def on_meta(model: nn.Module) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
-def _linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tuple[tuple, tuple]], dict[str, bool]]:
+def linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tuple[tuple, tuple]], dict[str, bool]]:
     """(input shape, output shape) of every linear layer in one forward on the example, and
     whether each reads (a view of) a norm's output, as a head reads the final norm's; for a
     model on the meta device, which cannot run transformers' data-dependent mask code, every
@@ -159,7 +159,7 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
     encoders = find_encoders(model)
     if not encoders:
         return None
-    shapes, reads = _linear_shapes(model, example_inputs)
+    shapes, reads = linear_shapes(model, example_inputs)
     groups: dict[int, Group] = {}
     layers: dict[str, LayerPlan] = {}
 
@@ -266,8 +266,13 @@ def match_config_(model: nn.Module) -> str | None:
     heads and FFN width; the layers' cache indices and per-layer types follow the blocks kept), so
     ``save_pretrained`` writes a model ``from_pretrained`` reloads. Returns why it cannot, or None
     (also for a model that is not a transformers model)."""
+    from onefit.graph.mamba import match_mamba_config_
+
     config = getattr(model, "config", None)
     encoders = find_encoders(model) if config is not None and hasattr(model, "save_pretrained") else []
+    if not encoders and config is not None and hasattr(model, "save_pretrained"):
+        why = match_mamba_config_(model)
+        return why and UNEXPRESSIBLE.format(why=why)
     if len(encoders) != 1:
         return None
     blocks = model.get_submodule(encoders[0])
