@@ -60,6 +60,17 @@ def test_a_transformer_encoder_under_causal_and_padding_masks_shrinks_by_heads_f
             assert torch.allclose(sub(changed, pad)[:, :-1], sub(x, pad)[:, :-1], atol=1e-6)
 
 
+def test_the_masked_sub_model_exports_to_onnx_with_parity_on_other_masks(tmp_path):
+    from onefit.export import export
+
+    torch.manual_seed(0)
+    example = (torch.randint(0, 40, (2, 7)), _additive(_padding(2, 7, [7, 5])))
+    family = onefit.elasticize(CausalLM().eval(), example)
+    sub = family.extract(family.space.min()).eval()
+    report = export(sub, tmp_path / "lm.onnx", example, exporter="dynamo")  # other batches: the example's mask rows
+    assert report.cosine > 0.99999
+
+
 class Attending(nn.Module):
     def __init__(self, mask_shape=None):
         super().__init__()

@@ -211,6 +211,8 @@ LAYOUT_CONFIGS = {  # transformers' own config classes, tiny, random weights; th
                 {"heads", "width", "depth"}),
     "qwen2": (lambda: transformers.Qwen2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=4, use_cache=False), {"heads", "width", "depth"}),
+    "qwen3": (lambda: transformers.Qwen3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=8, use_cache=False), {"heads", "width", "depth"}),
     "gemma": (lambda: transformers.GemmaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=4, head_dim=8, use_cache=False), {"heads", "width", "depth"}),
     "phi3": (lambda: transformers.Phi3Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -223,8 +225,9 @@ LAYOUT_CONFIGS = {  # transformers' own config classes, tiny, random weights; th
 
 
 @pytest.mark.parametrize("name", sorted(LAYOUT_CONFIGS))
-def test_each_layout_gives_an_exact_family(name):
-    """The largest arch is the original; extraction equals the elastic forward (smallest, random)."""
+def test_each_layout_gives_an_exact_family(name, tmp_path):
+    """The largest arch is the original; extraction equals the elastic forward (smallest, random);
+    the layouts the contract test above does not export, export with parity."""
     config, kinds = LAYOUT_CONFIGS[name]
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(config()).eval()
@@ -237,6 +240,12 @@ def test_each_layout_gives_an_exact_family(name):
             with family.activate(arch):
                 elastic = hidden(family(ids))
             assert torch.allclose(hidden(family.extract(arch).eval()(ids)), elastic, atol=1e-6)
+    if name in ("distilbert", "phi3"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sub = family.extract(family.space.min()).eval()
+        report = export(LastHidden(sub), tmp_path / "sub.onnx", (ids,), exporter="dynamo")
+        assert report.cosine > 0.99999
     if name == "phi3":  # its fused q|k|v stays whole, with the reason; each half of gate|up shrinks alike
         notes = " ".join(layer.width_out for layer in onefit.inspect(model, (ids[:1],)).layers)
         assert "fused qkv_proj is split at offsets" in notes
@@ -491,3 +500,26 @@ def test_a_mamba_model_shrinks_its_inner_width_and_depth_and_its_sub_model_reloa
     assert torch.equal(reloaded.generate(x[:1, :4], max_new_tokens=5, do_sample=False, use_cache=True), greedy)
     report = export(Logits(small.eval()), tmp_path / "mamba.onnx", (x,), exporter="dynamo")
     assert report.cosine > 0.99999
+
+
+def test_blocks_no_layout_matches_are_refused_by_name_and_a_layout_added_from_user_code_shrinks_them(monkeypatch):
+    from onefit.graph.transformers import LAYOUTS, Layout
+
+    config = transformers.OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                    num_attention_heads=4, word_embed_proj_dim=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model, ids = transformers.OPTForCausalLM(config).eval(), torch.randint(3, 100, (2, 6))
+    with pytest.raises(onefit.graph.TraceError, match=r"its blocks \(OPTDecoderLayer at model.decoder.layers\) "
+                                                      r"match no layout"):
+        onefit.elasticize(model, (ids[:1],))
+    monkeypatch.setitem(LAYOUTS, "opt", Layout("self_attn", ("q_proj", "k_proj", "v_proj"), "self_attn.out_proj",
+                                               ("fc1",), "fc2", "head_dim", heads_attr="num_heads"))
+    family = onefit.elasticize(model, (ids[:1],), onefit.ElasticConfig(hidden=(0.5, 1.0)))
+    assert {d.kind for d in family.space} == {"heads", "width", "depth"}  # its learned positions keep the stream
+    assert any("OPTLearnedPositionalEmbedding" in note for note in family.plan.notes)
+    with torch.no_grad():
+        assert torch.equal(family(ids).logits, model(ids).logits)
+        arch = family.space.min()
+        with family.activate(arch), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert torch.allclose(family.extract(arch).eval()(ids).logits, family(ids).logits, atol=1e-6)

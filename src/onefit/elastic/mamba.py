@@ -8,6 +8,13 @@ and a column of the output projection. The mixer's forward reads several of thes
 directly (not through their modules), so it runs transformers' own forward on the prefixes of
 all of them (``functional_call``); at full width it runs as it is. The hidden size, the state
 size and the step-size rank stay whole.
+
+>>> import transformers
+>>> config = transformers.MambaConfig(vocab_size=10, hidden_size=8, state_size=4, expand=2, num_hidden_layers=1)
+>>> mixer = ElasticMambaMixer.from_plain(transformers.MambaForCausalLM(config).backbone.layers[0].mixer)
+>>> mixer.active_out = 4  # of 16 inner channels
+>>> tuple(mixer(torch.randn(1, 3, 8)).shape), mixer.to_plain(8, 4).intermediate_size
+((1, 3, 8), 4)
 """
 
 from __future__ import annotations

@@ -138,6 +138,8 @@ def parity_inputs(examples: tuple, data: Iterable | None = None, seed: int = 0) 
         if not x.is_floating_point():  # token ids, masks: integers over the example's range
             low, high = int(x.min()), int(x.max())
             return torch.randint(low, high + 1, shape, generator=g, dtype=x.dtype)
+        if not torch.isfinite(x).all():  # an additive mask (-inf where not attended): the example's own rows
+            return x[torch.randint(0, x.shape[0], (n,), generator=g)]
         std = x.float().std().item() if x.numel() > 1 else 1.0
         return (x.float().mean() + spread * (std or 1.0) * torch.randn(shape, generator=g)).to(x.dtype)
 

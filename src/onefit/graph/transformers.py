@@ -49,6 +49,7 @@ class Layout:
     fixed_heads: str | None = None  # why this layout's heads cannot shrink, if they cannot
     ffn_segments: int = 1  # a fused gate|up projection (Phi-3): its halves shrink alike
     fixed_stream: str | None = None  # why its hidden size (the residual stream) cannot shrink, if it cannot
+    heads_attr: str | None = None  # the attention's head count, where its forward reads one (set to the active heads)
 
     @property
     def fused(self) -> int:
@@ -89,6 +90,18 @@ HIDDEN = "the hidden size (the residual stream) is kept whole"
 def _layout(block: nn.Module) -> Layout | None:
     names = {n for n, _ in block.named_modules()}
     return next((layout for layout in LAYOUTS.values() if set(layout.projections()) <= names), None)
+
+
+def unknown_blocks(model: nn.Module) -> tuple[str, str] | None:
+    """(path, block class) of a transformer's block list that no layout matches: a ModuleList
+    under a block-list name whose blocks hold an attention module; None if there is none."""
+    for path, module in model.named_modules():
+        for attr in LISTS:
+            blocks = module._modules.get(attr)
+            if isinstance(blocks, nn.ModuleList) and len(blocks) and not _layout(blocks[0]) and any(
+                    "attn" in n or "attention" in n for n, _ in blocks[0].named_modules()):
+                return (f"{path}.{attr}" if path else attr), type(blocks[0]).__name__
+    return None
 
 
 def find_encoders(model: nn.Module) -> list[str]:
@@ -223,6 +236,8 @@ def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
                     linear(name, hidden, heads, segments=fused)
                 if fused > 1:
                     bindings.append((f"{b}.{layout.attention}", "split_size", heads, 1))
+                if layout.heads_attr:
+                    bindings.append((f"{b}.{layout.attention}", layout.heads_attr, heads, head_size))
                 linear(f"{b}.{layout.out}", heads, hidden)
             ffn_in = [f"{b}.{name}" for name in layout.ffn_in]
             ffn = new_group(_out_features(model.get_submodule(ffn_in[0])) // layout.ffn_segments, producers=ffn_in,
