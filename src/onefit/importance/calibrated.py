@@ -86,7 +86,7 @@ class ActivationImportance(_Calibrated):
 
     def per_sample(self, family, task, batch, captured) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            family(*task.inputs(batch))
+            family(*task._inputs_or_error(batch))
         return {name: (_positions(x, family.plan.layers[name], "mean") ** 2).sum(0) for name, x in captured.items()}
 
     def finish(self, total: torch.Tensor, batches: int) -> torch.Tensor:
@@ -100,7 +100,7 @@ class TaylorImportance(_Calibrated):
         with torch.enable_grad():
             from onefit.tasks import first_output
 
-            loss = task.loss(first_output(family(*task.inputs(batch))), batch)
+            loss = task.loss(first_output(family(*task._inputs_or_error(batch))), batch)
             names = [n for n, x in captured.items() if x.requires_grad]
             grads = torch.autograd.grad(loss, [captured[n] for n in names], allow_unused=True)
         return {name: _positions((captured[name] * g).detach(), family.plan.layers[name], "sum").sum(0)

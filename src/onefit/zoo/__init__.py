@@ -19,7 +19,8 @@ from typing import Callable
 
 from torch import nn
 
-from onefit.zoo import cnn, convnext as _convnext, encoder, minilm, mlp as _mlp, mobile, ssm, temporal, vit as _vit
+from onefit.zoo import cnn, convnext as _convnext, encoder, minilm, mlp as _mlp, mobile, smollm2, ssm, temporal
+from onefit.zoo import vit as _vit
 
 SOURCE_ATTR = "_onefit_source"
 
@@ -47,7 +48,7 @@ MODELS = {name: _recorded(name, fn) for name, fn in {
     "convnext": _convnext.convnext, "mlp": _mlp.mlp, "mobilenet_v2": mobile.mobilenet_v2,
     "mobilenet_v3": mobile.mobilenet_v3, "plain_cnn": cnn.plain_cnn, "resnet": cnn.resnet,
     "sequence_encoder": encoder.sequence_encoder, "temporal_cnn": temporal.temporal_cnn, "vit": _vit.vit,
-    "ssm_classifier": ssm.ssm_classifier, "minilm": minilm.embedder,
+    "ssm_classifier": ssm.ssm_classifier, "minilm": minilm.embedder, "smollm2": smollm2.smollm2,
 }.items()}
 convnext, mlp, mobilenet_v2, mobilenet_v3 = (MODELS[n] for n in ("convnext", "mlp", "mobilenet_v2", "mobilenet_v3"))
 plain_cnn, resnet, sequence_encoder, temporal_cnn, vit, ssm_classifier = (
