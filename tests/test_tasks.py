@@ -78,6 +78,17 @@ def test_distillation_without_labels_learns_the_teacher():
         DistillationTask(teacher, kind="l1")
 
 
+def test_a_language_model_family_learns_its_teachers_next_token_distributions_token_by_token():
+    torch.manual_seed(0)
+    teacher = TinyLM().eval()
+    ids = [torch.randint(0, 12, (8, 10)) for _ in range(4)]
+    task = DistillationTask(teacher, kind="kl", temperature=2.0)  # (B, T, V) logits: a distribution per token
+    with torch.no_grad():
+        assert task.loss(teacher(ids[0]), ids[0]).item() == pytest.approx(0.0, abs=1e-6)
+    before, after, _ = _train_and_measure(TinyLM(), (ids[0][:1],), ids, task, epochs=40)
+    assert after > before + 30  # agreement with the teacher's next tokens, in percent
+
+
 def test_classification_names_the_format_it_expects():
     task = ClassificationTask()
     with pytest.raises(DataError, match=r"\(inputs, labels\) pairs"):

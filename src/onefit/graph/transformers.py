@@ -144,7 +144,9 @@ def linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tu
         return ({name: ((*positions, _in_features(m)), (*positions, _out_features(m)))
                  for name, m in model.named_modules() if _is_linear(m)},
                 {name: _in_features(m) in sizes for name, m in model.named_modules() if _is_linear(m)})
-    shapes, storage, normed, hooks = {}, {}, set(), []
+    # norm outputs are kept until the forward ends: a freed one's memory could be reused by a
+    # later tensor, which would then look like a view of it
+    shapes, storage, normed, hooks = {}, {}, [], []
 
     def record(name, m, i, o):
         shapes[name] = (tuple(i[0].shape), tuple(o.shape))
@@ -154,7 +156,7 @@ def linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tu
         if _is_linear(module):
             hooks.append(module.register_forward_hook(lambda m, i, o, name=name: record(name, m, i, o)))
         elif is_norm(module):
-            hooks.append(module.register_forward_hook(lambda m, i, o: normed.add(o.untyped_storage().data_ptr())))
+            hooks.append(module.register_forward_hook(lambda m, i, o: normed.append(o)))
     modes = {m: m.training for m in model.modules()}
     try:
         with torch.no_grad():
@@ -164,7 +166,8 @@ def linear_shapes(model: nn.Module, example_inputs: tuple) -> tuple[dict[str, tu
             h.remove()
         for m, training in modes.items():
             m.train(training)
-    return shapes, {name: ptr in normed for name, ptr in storage.items()}
+    pointers = {o.untyped_storage().data_ptr() for o in normed}
+    return shapes, {name: ptr in pointers for name, ptr in storage.items()}
 
 
 def encoder_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
