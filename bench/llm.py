@@ -41,7 +41,7 @@ import torch
 import onefit
 from onefit import distill
 from onefit.tasks import DistillationTask, LanguageModelingTask, evaluate
-from onefit.train.sampler import SandwichSampler
+from onefit.train.sampler import LadderSampler, SandwichSampler
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = (0.75, 0.60, 0.50)  # shares of the original's non-embedding parameters
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="a random tiny Llama and random tokens: a smoke run")
     parser.add_argument("--no-onnx", action="store_true", help="eager latency only (a smoke run)")
+    parser.add_argument("--sampler", choices=("sandwich", "ladder"), default="sandwich",
+                        help="the family's sub-models per step: largest, smallest, one random (sandwich); or the "
+                             "largest and the three chosen archs (ladder, as MatFormer/Flextron train a few sizes)")
     parser.add_argument("--minilm", action="store_true", help="the MiniLM half instead")
     parser.add_argument("--sentences", type=int, default=2048, help="MiniLM: training sentences")
     parser.add_argument("--test-sentences", type=int, default=512, help="MiniLM: held-out sentences")
@@ -315,7 +318,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows[f"c{share}"] = {"ppl": perplexity(pruned[share], test_blocks)}
 
     t = time.perf_counter()  # (a): one family, trained once
-    recipe = onefit.SortedNetRecipe(onefit.SortedNetConfig(distill="none"), sampler=SandwichSampler(n_random=1))
+    sampler = SandwichSampler(n_random=1) if args.sampler == "sandwich" else \
+        LadderSampler(tuple(chosen[share]["arch"] for share in TARGETS))
+    recipe = onefit.SortedNetRecipe(onefit.SortedNetConfig(distill="none"), sampler=sampler)
     onefit.train(family, data, recipe, epochs=1, task=DistillationTask(teacher, kind="kl", temperature=args.temperature),
                  optimizer=torch.optim.Adam(family.parameters(), lr=args.lr), progress=True)
     seconds["family"] = time.perf_counter() - t
@@ -340,17 +345,21 @@ def main(argv: list[str] | None = None) -> dict:
     seconds["total"] = time.perf_counter() - started
     result = {"command": "python bench/llm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "tiny": args.tiny, "tokens_per_run": tokens, "steps": steps, "batch": args.batch,
+              "tiny": args.tiny, "sampler": args.sampler, "tokens_per_run": tokens, "steps": steps, "batch": args.batch,
               "block": int(train_blocks.shape[1]), "lr": args.lr, "temperature": args.temperature,
               "test_tokens": int(test_blocks.numel()), "space": {k: list(v) if isinstance(v, tuple) else v
                                                                  for k, v in space.items()},
               "chosen": {str(s): c for s, c in chosen.items()}, "rows": rows, "latency": timing, "seconds": seconds}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "llm_tiny" if args.tiny else "llm"
+    stem = "llm_tiny" if args.tiny else "llm" if args.sampler == "sandwich" else f"llm_{args.sampler}"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+FAMILY = {"sandwich": "each step the largest, the smallest and one random sub-model",
+          "ladder": "each step the largest and the three archs of the table"}
 
 
 def markdown(r: dict) -> str:
@@ -358,7 +367,8 @@ def markdown(r: dict) -> str:
     lines = [f"# SmolLM2-135M: one family against the Minitron way{' (tiny smoke run)' if r['tiny'] else ''}\n",
              f"`{r['command']}`; {r['machine']}. Held-out perplexity on {r['test_tokens']:,} tokens of test topics of "
              f"the Python language reference ({r['block']}-token blocks). Token budget: {r['tokens_per_run']:,} "
-             f"tokens ({r['steps']} batches of {r['batch']}) for the family, and the same for each Minitron run "
+             f"tokens ({r['steps']} batches of {r['batch']}) for the family ({FAMILY[r.get('sampler', 'sandwich')]}), "
+             f"and the same for each Minitron run "
              f"(so {3 * r['tokens_per_run']:,} for the three). KL distillation from the original at temperature "
              f"{r['temperature']}, Adam at {r['lr']}.\n",
              "| share of non-embedding params | arch | params | (a) family | (b) Minitron, one run per size | "

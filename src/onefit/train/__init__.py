@@ -12,7 +12,7 @@ from onefit.train.plain import PlainConfig, PlainRecipe
 from onefit.train.progressive import ProgressiveShrinkingConfig, ProgressiveShrinkingRecipe
 from onefit.train.quantized import QuantizedDistillationConfig, QuantizedDistillationRecipe
 from onefit.train.recipe import RECIPES, Recipe, recipe_from, register_recipe
-from onefit.train.sampler import SandwichSampler, uniform_bits
+from onefit.train.sampler import LadderSampler, SandwichSampler, uniform_bits
 from onefit.train.sorted import SortedNetConfig, SortedNetRecipe
 from onefit.train.trp import TRPConfig, TRPRecipe
 
@@ -34,6 +34,7 @@ __all__ = [
     "QuantizedDistillationConfig",
     "QuantizedDistillationRecipe",
     "Recipe",
+    "LadderSampler",
     "SandwichSampler",
     "SortedNetConfig",
     "SortedNetRecipe",

@@ -62,3 +62,25 @@ class SandwichSampler:
         if self.bit_policy == "uniform" and levels:
             arch = uniform_bits(space, rng.choice(levels), arch)
         return arch
+
+
+@dataclass(frozen=True)
+class LadderSampler:
+    """The largest and a fixed ladder of sub-models, every step: the few sizes a family is built to
+    deploy (MatFormer, Flextron train a handful of nested granularities rather than random ones).
+    Each sub-model of the ladder gets as many updates as the largest.
+
+    >>> from onefit.space import Dimension, Space
+    >>> space = Space([Dimension("width:fc", "width", (8, 16, 32))])
+    >>> LadderSampler(({"width:fc": 8}, {"width:fc": 16}))(space, random.Random(0))
+    [{'width:fc': 32}, {'width:fc': 8}, {'width:fc': 16}]
+    """
+
+    archs: tuple[dict, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.archs:
+            raise ValueError("LadderSampler needs the archs of its ladder, got none")
+
+    def __call__(self, space: Space, rng: random.Random) -> list[Arch]:
+        return [space.max()] + [space.complete(arch) for arch in self.archs]
