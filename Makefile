@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(PY) bench/peers.py --family-epochs 20
 	$(PY) bench/scale.py
 	$(PY) bench/architectures.py
+	$(PY) bench/llm.py
+	$(PY) bench/llm.py --sampler ladder
+	$(PY) bench/llm.py --minilm
+	$(PY) bench/llm.py --minilm --sampler ladder
 
 # Line and branch coverage of the suite; the core's unrun lines go to bench/results/coverage_lines.md.
 coverage: $(STAMP)

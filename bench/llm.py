@@ -225,7 +225,9 @@ def minilm(args) -> dict:
         chosen[share] = {"arch": arch, "non_embedding": onefit.count_params(family, arch) - embedding,
                          "params": onefit.count_params(family, arch), "cut": cut}
     t = time.perf_counter()
-    recipe = onefit.SortedNetRecipe(onefit.SortedNetConfig(distill="none"), sampler=SandwichSampler(n_random=2))
+    sampler = SandwichSampler(n_random=2) if args.sampler == "sandwich" else \
+        LadderSampler(tuple(c["arch"] for c in chosen.values()))
+    recipe = onefit.SortedNetRecipe(onefit.SortedNetConfig(distill="none"), sampler=sampler)
     onefit.train(family, [(i, m) for i, m, _ in train], recipe, epochs=args.minilm_epochs, task=task,
                  optimizer=torch.optim.Adam(family.parameters(), lr=args.minilm_lr), progress=True)
     family_seconds = time.perf_counter() - t
@@ -237,9 +239,14 @@ def minilm(args) -> dict:
     return {"command": "python bench/llm.py " + " ".join(args.argv), "machine": f"{platform.machine()}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}", "train_sentences": len(train_text),
             "test_sentences": sum(len(b[0]) for b in test), "epochs": args.minilm_epochs, "lr": args.minilm_lr,
+            "sampler": args.sampler,
             "original_non_embedding": full, "original_params": full + embedding, "largest_cosine": cosine(family, test),
             "chosen": {str(k): v for k, v in chosen.items()},
             "seconds": {"family": family_seconds, "total": time.perf_counter() - started}}
+
+
+MINILM_FAMILY = {"sandwich": "each step the largest, the smallest and two random sub-models",
+                 "ladder": "each step the largest and the two archs of the table"}
 
 
 def minilm_markdown(r: dict) -> str:
@@ -247,7 +254,8 @@ def minilm_markdown(r: dict) -> str:
              f"`{r['command']}`; {r['machine']}. Cosine to the original's sentence embeddings (mean-pooled, "
              f"normalised) on {r['test_sentences']} held-out sentences of the Python language reference (test "
              f"topics); the family trained {r['epochs']} epochs on {r['train_sentences']} training sentences with "
-             f"cosine distillation from the original (sandwich rule), Adam at {r['lr']}. The hidden size stays whole "
+             f"cosine distillation from the original ({MINILM_FAMILY[r.get('sampler', 'sandwich')]}), Adam at "
+             f"{r['lr']}. The hidden size stays whole "
              f"(BERT-style encoders keep it), so the shares are of the non-embedding parameters "
              f"({r['original_non_embedding']:,} of {r['original_params']:,}). The largest sub-model after training: "
              f"{r['largest_cosine']:.4f}.\n",
@@ -286,8 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.minilm:
         result = minilm(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "llm_minilm.json").write_text(json.dumps(result, indent=1))
-        (args.out / "llm_minilm.md").write_text(minilm_markdown(result))
+        stem = "llm_minilm" if args.sampler == "sandwich" else f"llm_minilm_{args.sampler}"
+        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        (args.out / f"{stem}.md").write_text(minilm_markdown(result))
         print(minilm_markdown(result))
         return result
     started = time.perf_counter()
