@@ -28,7 +28,6 @@ import argparse
 import copy
 import itertools
 import json
-import math
 import platform
 import statistics
 import sys

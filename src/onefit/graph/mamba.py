@@ -9,6 +9,8 @@ block list is a depth stage. The hidden size, the state size and the step-size r
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from onefit.graph.plan import Group, LayerPlan, Plan, StagePlan
@@ -53,18 +55,14 @@ def mamba_plan(model: nn.Module, example_inputs: tuple) -> Plan | None:
         stages.append(StagePlan(path, len(blocks), 1))
     for name, (in_shape, out_shape) in shapes.items():  # the head: whole, but its MACs count
         if not f"{name}.".startswith(tuple(mixers)):
-            layers[name] = LayerPlan(name, "linear", None, None, positions=_positions((in_shape, out_shape)),
-                                     in_positions=_positions((in_shape, out_shape)))
+            tokens = _positions((in_shape, out_shape))
+            layers[name] = LayerPlan(name, "linear", None, None, positions=tokens, in_positions=tokens)
     return Plan(groups, layers, stages, [f"{path}: {HIDDEN}" for path in paths])
 
 
 def _positions(shapes) -> int:
-    if shapes is None:
-        return 1
-    n = 1
-    for size in shapes[0][1:-1]:
-        n *= size
-    return n
+    """Positions per sample a Linear sees, from its (input shape, output shape); 1 if unseen."""
+    return 1 if shapes is None else math.prod(shapes[0][1:-1])
 
 
 def match_mamba_config_(model: nn.Module) -> str | None:
