@@ -13,6 +13,7 @@ from onefit.family import Family, elasticize
 from onefit.importance import (ActivationImportance, L1Importance, TaylorImportance, block_importance, order_depth_,
                                sort_)
 from onefit.select import BudgetError, largest_within
+from onefit.streaming import NotStreamable, Streaming, continual
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import data, zoo
 from onefit.search import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,

@@ -50,7 +50,7 @@ def _mask(attn_mask, key_padding_mask, dtype, kinds):
     return mask
 
 
-def _attend(q, k, v, heads: int, head_dim: int, dropout: float, training: bool, mask=None):
+def attend(q, k, v, heads: int, head_dim: int, dropout: float, training: bool, mask=None):
     """Scaled dot-product attention over ``heads`` heads; returns the merged output and weights."""
     b, t, s = q.size(0), q.size(1), k.size(1)
     q = q.reshape(b, t, heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
@@ -79,7 +79,7 @@ class _SmallerAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         q = self.q_proj(query)
-        out, weights = _attend(q, self.k_proj(key), self.v_proj(value), self.heads, self.head_dim, self.dropout,
+        out, weights = attend(q, self.k_proj(key), self.v_proj(value), self.heads, self.head_dim, self.dropout,
                                self.training, _mask(attn_mask, key_padding_mask, q.dtype, self.mask_kinds))
         out = self.out_proj(out)
         if not self.batch_first:
@@ -138,7 +138,7 @@ class ElasticMultiheadAttention(ElasticLayer, nn.Module):
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
         q, k, v = (F.linear(x, *self._projection(i, width)) for i, x in enumerate((query, key, value)))
         kinds = mask_kind(attn_mask), mask_kind(key_padding_mask)
-        out, weights = _attend(q, k, v, width // self.head_dim, self.head_dim, self.dropout, self.training,
+        out, weights = attend(q, k, v, width // self.head_dim, self.head_dim, self.dropout, self.training,
                                _mask(attn_mask, key_padding_mask, q.dtype, kinds))
         out = F.linear(out, self.out_proj.weight[:, :width], self.out_proj.bias)
         if not self.batch_first:
@@ -169,6 +169,7 @@ class ElasticMultiheadAttention(ElasticLayer, nn.Module):
         # what nn.TransformerEncoder(Layer) read off their attention before choosing a path: the
         # standard one, through this module's forward
         traced.batch_first, traced.in_proj_bias, traced._qkv_same_embed_dim = self.batch_first, None, False
+        traced.attention_heads = (out_size // self.head_dim, self.head_dim)  # read by onefit.continual
         return traced
 
     def channel_scores(self) -> torch.Tensor:

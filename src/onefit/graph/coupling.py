@@ -400,6 +400,8 @@ class _Walker:
             return self.cat(node)
         if op in ("permute", "transpose"):
             return self.permute(node, op)
+        if node.target is operator.getitem:
+            return self.index(node)
         if op in ("matmul", "bmm") or node.target is operator.matmul:
             return attention.matmul(self, node, _shape)
         if op == "scaled_dot_product_attention":
@@ -443,6 +445,29 @@ class _Walker:
         if chan.axis in dims or chan.unit != 1 or chan.head != 1:
             return self.unknown(node, f"{op} over the channels")
         return replace(chan, axis=chan.axis if keepdim else chan.axis - sum(d < chan.axis for d in dims))
+
+    def index(self, node: fx.Node) -> _Chan | None:
+        """``x[..., 4:]``, ``x[:, -1]``: indexing other axes passes the channels through (an int
+        removes its axis, None adds one); indexing the channels themselves does not."""
+        x, key = node.args
+        chan = self.chan.get(x)
+        if chan is None:
+            return None
+        ndim = len(_shape(x))
+        key = key if isinstance(key, tuple) else (key,)
+        if any(isinstance(k, fx.Node) or not (k is None or k is Ellipsis or isinstance(k, (int, slice))) for k in key):
+            return self.unknown(node, "indexing by a tensor or by computed bounds")
+        if Ellipsis in key:  # ... stands for the axes the rest does not name
+            at = key.index(Ellipsis)
+            named = sum(k is not None for k in key) - 1
+            key = key[:at] + (slice(None),) * (ndim - named) + key[at + 1:]
+        key = key + (slice(None),) * (ndim - sum(k is not None for k in key))
+        axes = [k for k in key if k is not None]  # one entry per input axis
+        if axes[chan.axis] != slice(None):
+            return self.unknown(node, "indexing the channels")
+        before = key[:[i for i, k in enumerate(key) if k is not None][chan.axis]]
+        axis = sum(1 for k in before if k is None or isinstance(k, slice))
+        return replace(chan, axis=axis)
 
     def flatten(self, node: fx.Node, start: int, end: int) -> _Chan | None:
         x = node.args[0]

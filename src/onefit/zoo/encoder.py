@@ -20,15 +20,22 @@ class EncoderBlock(nn.Module):
 
 
 class SequenceEncoder(nn.Module):
-    def __init__(self, features: int, dim: int, depth: int, heads: int, classes: int):
+    def __init__(self, features: int, dim: int, depth: int, heads: int, classes: int, readout: str = "mean"):
         super().__init__()
+        if readout not in ("mean", "last"):
+            raise ValueError(f"readout must be 'mean' (over time) or 'last' (the newest position), got {readout!r}")
+        self.readout = readout
         self.embed = nn.Linear(features, dim)
         self.blocks = nn.Sequential(*[EncoderBlock(dim, heads) for _ in range(depth)])
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, features)
-        return self.head(self.blocks(self.embed(x)).mean(1))  # mean over time: (B, dim)
+        h = self.blocks(self.embed(x))
+        return self.head(h.mean(1) if self.readout == "mean" else h[:, -1])  # (B, dim)
 
 
-def sequence_encoder(features: int = 8, dim: int = 32, depth: int = 3, heads: int = 4, classes: int = 5):
-    return SequenceEncoder(features, dim, depth, heads, classes)
+def sequence_encoder(features: int = 8, dim: int = 32, depth: int = 3, heads: int = 4, classes: int = 5,
+                     readout: str = "mean"):
+    """``readout="last"``: classify from the newest position, which lets a one-block encoder
+    stream (``onefit.continual``: single-output attention)."""
+    return SequenceEncoder(features, dim, depth, heads, classes, readout)
