@@ -111,6 +111,7 @@ class Streaming(nn.Module):
     def clean_state(self) -> None:
         self._frame = -1
         self._history: dict[fx.Node, collections.deque] = {n: collections.deque(maxlen=k) for n, k in self._keep.items()}
+        self._steps = [(node, step, self._start[node], self._history.get(node)) for node, step in self._plan]
 
     def check_frame(self, frame: torch.Tensor) -> None:
         if not isinstance(frame, torch.Tensor) or tuple(frame.shape[1:]) != self.frame_shape:
@@ -122,14 +123,12 @@ class Streaming(nn.Module):
     def forward_step(self, frame: torch.Tensor) -> torch.Tensor | None:
         self.check_frame(frame)
         self._frame += 1
-        t, now = self._frame, {}
-        for node, step in self._plan:
-            if t < self._start[node]:
-                continue
-            value = step(now, self._history, frame)
-            now[node] = value
-            if node in self._history:
-                self._history[node].append(value)
+        t, now, history = self._frame, {}, self._history
+        for node, step, start, kept in self._steps:
+            if t >= start:
+                value = now[node] = step(now, history, frame)
+                if kept is not None:
+                    kept.append(value)
         return now.get(self._output) if t >= self._start[self._output] else None
 
     def forward_steps(self, clip: torch.Tensor) -> torch.Tensor | None:
@@ -142,7 +141,7 @@ class Streaming(nn.Module):
     def step_macs(self) -> int:
         """Multiply-accumulates of one step once the stream is full (torch's FLOP counter / 2),
         counted on zero frames; the frames seen so far are kept."""
-        saved = self._frame, self._history
+        saved = self._frame, self._history, self._steps
         self.clean_state()
         frame = torch.zeros((1, *self.frame_shape))
         for _ in range(self._start[self._output]):
@@ -150,7 +149,7 @@ class Streaming(nn.Module):
         try:
             return _macs(lambda: self.forward_step(frame))
         finally:
-            self._frame, self._history = saved
+            self._frame, self._history, self._steps = saved
 
     def window_macs(self) -> int:
         """Multiply-accumulates of the offline model on one window."""
@@ -248,7 +247,7 @@ class _Compiler:
             self.start[node] = max([self.start[a] + lag for a, lag in lags] + [0]) + span
             self.reads[node] = lags + [(a, lag + span) for a, lag in lags if span]
             for a, lag in lags:
-                if self.info[a].kind == "stream":
+                if self.info[a].kind == "stream" and lag:
                     self.keep[a] = max(self.keep.get(a, 1), lag + 1)
             self.plan.append((node, step))
         window = self.example.shape[self.time_dim]
@@ -277,7 +276,7 @@ class _Compiler:
         self.info[newest] = _Info("window")
         self.reads[newest] = [(out, lag)]
         self.start[newest] = self.start[out] + lag
-        if info.kind == "stream":
+        if info.kind == "stream" and lag:
             self.keep[out] = max(self.keep.get(out, 1), lag + 1)
         self.plan.append((newest, step))
         return newest
@@ -370,7 +369,8 @@ class _Compiler:
     def pointwise(self, node: fx.Node, mod: nn.Module | None):
         x = node.args[0]
         info = self.info[x]
-        step = self.whole(node, mod)[1]
+        fast = _per_frame(mod) if mod is not None and len(_nodes(node)) == 1 else None
+        step = (lambda now, hist, frame: fast(now[x])) if fast is not None else self.whole(node, mod)[1]
         return info, step, [(a, 0) for a in _nodes(node)]
 
     def temporal(self, node: fx.Node, mod: nn.Module):
@@ -397,6 +397,16 @@ class _Compiler:
                               f"from a window of {self.example.shape[self.time_dim]} frames")
         end = last * r + (k - 1) * d  # the input position of its last tap
         lags = [s * d * (k - 1 - i) for i in range(k)]
+        out = _Info("stream", 2, s * r, info.offset + s * (info.length - 1 - end), last + 1)
+        reads = [(x, lag) for lag in lags]
+        if isinstance(mod, nn.Conv1d) and mod.groups == 1:  # the taps times the kernel: one matrix product
+            weight, bias = mod.weight.reshape(mod.out_channels, -1), mod.bias
+
+            def conv_step(now, hist, frame):
+                taps = torch.cat([hist[x][-1 - lag] if lag else now[x] for lag in lags], dim=2)
+                return torch.nn.functional.linear(taps.flatten(1), weight, bias).unsqueeze(2)
+
+            return out, conv_step, reads
         step_mod = copy.copy(mod)  # the same weights, stride 1 and dilation 1 in time over the gathered taps
         if isinstance(mod, (nn.Conv1d, nn.Conv3d)):
             step_mod.stride, step_mod.dilation = (1, *stride[1:]), (1, *dilation[1:])
@@ -406,8 +416,7 @@ class _Compiler:
                 step_mod.dilation = (1, *dilation[1:]) if isinstance(mod.dilation, tuple) else 1
         history = lambda now, hist, frame: torch.cat(  # noqa: E731
             [hist[x][-1 - lag] if lag else now[x] for lag in lags], dim=2)
-        out = _Info("stream", 2, s * r, info.offset + s * (info.length - 1 - end), last + 1)
-        return out, lambda now, hist, frame: step_mod(history(now, hist, frame)), [(x, lag) for lag in lags]
+        return out, lambda now, hist, frame: step_mod(history(now, hist, frame)), reads
 
     def window_taps(self, x: fx.Node) -> tuple[Callable, list[int]]:
         """Every position of ``x`` on the window, oldest first, concatenated on its time axis."""
@@ -594,6 +603,36 @@ class _Compiler:
                                   f"changes every earlier output, so only attention read at its newest position "
                                   f"streams")
             pending.extend(user.users)
+
+
+def _per_frame(mod: nn.Module) -> Callable | None:
+    """A cheaper form of a per-position layer for one frame: batch norm (in eval mode) as its
+    scale and shift, ReLU as torch.relu, identities skipped; None: call the layer."""
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is not None:
+        with torch.no_grad():
+            scale = torch.rsqrt(mod.running_var + mod.eps)
+            scale = scale * mod.weight if mod.affine else scale
+            shift = -mod.running_mean * scale + (mod.bias if mod.affine else 0)
+        return _affine(scale.detach(), shift.detach())
+    if isinstance(mod, nn.ReLU):
+        return torch.relu
+    if isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and not mod.training:
+        return lambda v: v
+    return None
+
+
+def _affine(scale: torch.Tensor, shift: torch.Tensor) -> Callable:
+    """x * scale + shift over axis 1 (channels) of a one-frame value of any rank."""
+    shaped = {}
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        if v.dim() not in shaped:
+            view = (-1,) + (1,) * (v.dim() - 2)
+            shaped[v.dim()] = scale.view(view), shift.view(view)
+        a, b = shaped[v.dim()]
+        return torch.addcmul(b, v, a)
+
+    return apply
 
 
 def _is_attention(mod: nn.Module) -> bool:
