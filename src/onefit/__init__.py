@@ -14,11 +14,13 @@ from onefit.importance import (ActivationImportance, L1Importance, TaylorImporta
                                sort_)
 from onefit.select import BudgetError, largest_within
 from onefit.streaming import NotStreamable, Streaming, continual
+from onefit.adapters import AdapterError, Adapters, adapt, load_adapters
 from onefit.space import Arch, ArchError, Dimension, Space
 from onefit import data, zoo
 from onefit.search import (Front, N2NSearch, NSGA2Search, PredictorSearch, Problem, RandomSearch, TreeSearch,
                         family_problem, search)
 from onefit.train import (
+    AdapterRecipe,
     DifferentiableQuantizationConfig,
     QuantizedDistillationConfig,
     QuantizedDistillationRecipe,
@@ -40,6 +42,14 @@ from onefit.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
+    "AdapterRecipe",
+    "Adapters",
+    "NotStreamable",
+    "Streaming",
+    "adapt",
+    "continual",
+    "load_adapters",
     "Arch",
     "ArchError",
     "BudgetError",

@@ -2,6 +2,7 @@
 the one loop around any recipe's step."""
 
 from onefit.tasks import DataError, evaluate
+from onefit.train.adapted import AdapterRecipe
 from onefit.train.bn import recalibrate_bn
 from onefit.train.chain import Chain, ProgressiveDistillationConfig, ProgressiveDistillationRecipe, distill_chain
 from onefit.train.differentiable_quantization import DifferentiableQuantizationConfig, DifferentiableQuantizationRecipe, learn_points
@@ -18,6 +19,7 @@ from onefit.train.trp import TRPConfig, TRPRecipe
 
 __all__ = [
     "RECIPES",
+    "AdapterRecipe",
     "Chain",
     "DataError",
     "DifferentiableQuantizationConfig",
