@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -144,3 +145,26 @@ def test_the_same_as_the_continual_inference_library():
             assert (mine is None) == (t < 5)
             if mine is not None:
                 assert torch.allclose(mine, reference.reshape(mine.shape), atol=1e-6)
+
+
+def test_a_run_with_a_streaming_target_reports_the_cost_of_a_step(tmp_path):
+    from onefit.run import parse_config, run
+
+    config = parse_config({
+        "model": {"zoo": "temporal_cnn", "kwargs": {"in_channels": 8, "channels": 8, "blocks": 1, "classes": 10,
+                                                    "stride": 1, "padding": False}},
+        "data": {"bundled": "digit_rows", "kwargs": {"batch_size": 64}},
+        "pretrain": {"epochs": 1}, "train": {"epochs": 1}, "elastic": {"width": [0.5, 1.0]},
+        "search": {"budget": 4, "objectives": ["error", "step_macs"]},
+        "targets": {"runtimes": ["streaming"], "batch_sizes": [1], "repeats": 5},
+        "export": {"max_models": 1, "budgets": []}})
+    out = tmp_path / "run"
+    run(config, out, progress=False, echo=lambda _: None)
+    model = json.loads((out / "models" / "manifest.json").read_text())["models"][0]
+    assert model["streaming"]["window"] == 8 and model["streaming"]["macs_ratio"] > 1
+    assert [l["runtime"] for l in model["latency"]] == ["streaming"]
+    padded = parse_config({**config.model_dump(exclude_none=True),
+                           "model": {"zoo": "temporal_cnn", "kwargs": {"in_channels": 8, "channels": 8, "blocks": 1,
+                                                                        "classes": 10}}})
+    with pytest.raises(Exception, match="'streaming'.*stem: padding 2 in time"):
+        run(padded, tmp_path / "padded", progress=False, echo=lambda _: None)

@@ -151,6 +151,30 @@ class Streaming(nn.Module):
         finally:
             self._frame, self._history, self._steps = saved
 
+    def step_latency(self, repeats: int = 200, threads: int | None = None):
+        """Latency of one step in a full stream (torch eager, batch 1, zero frames), as
+        ``onefit.cost.latency.Latency`` with backend ``"streaming"``; the frames seen are kept."""
+        from onefit.cost.latency import time_call, torch_threads
+
+        saved = self._frame, self._history, self._steps
+        self.clean_state()
+        frame = torch.zeros((1, *self.frame_shape))
+        threads = threads or torch.get_num_threads()
+        try:
+            with torch_threads(threads), torch.inference_mode():
+                for _ in range(self._start[self._output]):
+                    self.forward_step(frame)
+                return time_call(lambda: self.forward_step(frame), batch=1, backend="streaming", threads=threads,
+                                 repeats=repeats, warmup=max(2, repeats // 10))
+        finally:
+            self._frame, self._history, self._steps = saved
+
+    def costs(self) -> dict:
+        """Per-step and per-window MACs, receptive field and delay: what a report shows."""
+        step, window = self.step_macs(), self.window_macs()
+        return {"step_macs": step, "window_macs": window, "macs_ratio": window / max(step, 1), "window": self.window,
+                "receptive_field": self.receptive_field, "delay": self.delay}
+
     def window_macs(self) -> int:
         """Multiply-accumulates of the offline model on one window."""
         clip = torch.zeros((1, *self.frame_shape[: self.time_dim - 1], self.window, *self.frame_shape[self.time_dim - 1:]))
@@ -234,6 +258,7 @@ class _Compiler:
         self.attention = nn.ModuleDict()
         self.reads: dict[fx.Node, list] = {}  # (input node, lag) each node's value depends on
         self.span: dict[fx.Node, int] = {}  # frames a node needs beyond its reads (attention's window)
+        self.folded: set[fx.Node] = set()  # batch norms folded into the convolution before them
 
     def build(self) -> Streaming:
         output = None
@@ -355,6 +380,13 @@ class _Compiler:
 
     def whole(self, node: fx.Node, mod: nn.Module | None):
         """A node of window values and constants: computed as the offline model does, every step."""
+        if node.op == "call_module" and len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node):
+            x = node.args[0]  # one input: no argument tuples to build each step
+            if isinstance(mod, nn.Linear):
+                weight, bias = mod.weight, mod.bias
+                return (_Info("window"), lambda now, history, frame: torch.nn.functional.linear(now[x], weight, bias),
+                        [(x, 0)])
+            return _Info("window"), lambda now, history, frame: mod(now[x]), [(x, 0)]
         args, kwargs = self.value(node.args), self.value(node.kwargs)
         if node.op == "call_module":
             fn = mod
@@ -369,6 +401,8 @@ class _Compiler:
     def pointwise(self, node: fx.Node, mod: nn.Module | None):
         x = node.args[0]
         info = self.info[x]
+        if node in self.folded:
+            return info, (lambda now, hist, frame: now[x]), [(x, 0)]
         fast = _per_frame(mod) if mod is not None and len(_nodes(node)) == 1 else None
         step = (lambda now, hist, frame: fast(now[x])) if fast is not None else self.whole(node, mod)[1]
         return info, step, [(a, 0) for a in _nodes(node)]
@@ -401,6 +435,14 @@ class _Compiler:
         reads = [(x, lag) for lag in lags]
         if isinstance(mod, nn.Conv1d) and mod.groups == 1:  # the taps times the kernel: one matrix product
             weight, bias = mod.weight.reshape(mod.out_channels, -1), mod.bias
+            users = list(node.users)
+            norm = self.modules.get(users[0].target) if len(users) == 1 and users[0].op == "call_module" else None
+            scale_shift = _batch_norm_affine(norm) if norm is not None else None
+            if scale_shift is not None:  # the batch norm that alone reads it, folded into the product
+                scale, shift = scale_shift
+                weight = weight * scale[:, None]
+                bias = shift if bias is None else bias.detach() * scale + shift
+                self.folded.add(users[0])
 
             def conv_step(now, hist, frame):
                 taps = torch.cat([hist[x][-1 - lag] if lag else now[x] for lag in lags], dim=2)
@@ -502,6 +544,8 @@ class _Compiler:
         new_axis = sum(1 for k in key[:at] if k is None or isinstance(k, slice))
         step_key = key[:at] + (slice(None),) + key[at + 1:]
         if entry == slice(None):
+            if all(k == slice(None) for k in step_key):  # x[..., 4:]: one frame of it is the frame itself
+                return replace(info, axis=new_axis), (lambda now, hist, frame: now[x]), [(x, 0)]
             step = lambda now, hist, frame: now[x][step_key]  # noqa: E731
             return replace(info, axis=new_axis), step, [(x, 0)]
         picked = range(info.length)[entry] if info.kind == "stream" else None
@@ -608,17 +652,25 @@ class _Compiler:
 def _per_frame(mod: nn.Module) -> Callable | None:
     """A cheaper form of a per-position layer for one frame: batch norm (in eval mode) as its
     scale and shift, ReLU as torch.relu, identities skipped; None: call the layer."""
-    if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not mod.training and mod.running_mean is not None:
-        with torch.no_grad():
-            scale = torch.rsqrt(mod.running_var + mod.eps)
-            scale = scale * mod.weight if mod.affine else scale
-            shift = -mod.running_mean * scale + (mod.bias if mod.affine else 0)
-        return _affine(scale.detach(), shift.detach())
+    affine = _batch_norm_affine(mod)
+    if affine is not None:
+        return _affine(*affine)
     if isinstance(mod, nn.ReLU):
         return torch.relu
     if isinstance(mod, (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)) and not mod.training:
         return lambda v: v
     return None
+
+
+def _batch_norm_affine(mod: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(scale, shift) per channel of a batch norm in eval mode with running statistics; else None."""
+    if not isinstance(mod, nn.modules.batchnorm._BatchNorm) or mod.training or mod.running_mean is None:
+        return None
+    with torch.no_grad():
+        scale = torch.rsqrt(mod.running_var + mod.eps)
+        scale = scale * mod.weight if mod.affine else scale
+        shift = -mod.running_mean * scale + (mod.bias if mod.affine else 0)
+    return scale.detach(), shift.detach()
 
 
 def _affine(scale: torch.Tensor, shift: torch.Tensor) -> Callable:

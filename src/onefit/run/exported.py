@@ -100,6 +100,14 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
     reduce_range, _ = int8_weights()
     entry = {**pick, **costs(family, arch), "files": [], "latency": [], "left_out": []}
     for name in targets.runtimes:
+        if name == "streaming":  # the sub-model one frame at a time: per-step cost and latency
+            from onefit.streaming import continual
+
+            stream = continual(module, examples[0][:1])
+            entry["streaming"] = stream.costs()
+            entry["latency"].append({"runtime": "streaming", "precision": "fp32",
+                                     **stream.step_latency(repeats=targets.repeats, threads=threads).to_json()})
+            continue
         if name in MODULE_RUNTIMES:
             entry["latency"] += _module_latencies(job, module, name)
             continue

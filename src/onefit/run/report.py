@@ -101,7 +101,7 @@ def _points(models: list[dict], runtime: str, precision: str, batch: int) -> lis
     return [p for p in points if p[1] is not None]
 
 
-def _fronts(models: list[dict], front: dict, evaluated: list[dict], task) -> list[dict]:
+def _fronts(models: list[dict], front: dict, evaluated: list[dict], task, family) -> list[dict]:
     metric, figures = task.metric_name, []
     for runtime, batch in dict.fromkeys((r, b) for r, _, b in _latency_columns(models)):
         series = []
@@ -117,10 +117,15 @@ def _fronts(models: list[dict], front: dict, evaluated: list[dict], task) -> lis
                             "precision; the line joins the measured front, a hollow point is beaten by another on both",
                             "svg": svg.scatter_svg(series, f"median latency, ms ({runtime}, batch {batch})",
                                                    f"test {metric}")})
+    from onefit.cost import costs
+
+    def params(trial: dict) -> int:  # searched without a params objective: counted here
+        return trial["metrics"].get("params") or costs(family, trial["arch"])["params"]
+
     done = [t for t in evaluated if t.get("values") is not None]
-    series = [{"label": f"evaluated ({len(done)})", "x": [t["metrics"]["params"] for t in done],
+    series = [{"label": f"evaluated ({len(done)})", "x": [params(t) for t in done],
                "y": [t["metrics"]["error"] for t in done], "style": {"c": "0.7", "s": 10}},
-              {"label": f"front ({len(front['front'])})", "x": [t["metrics"]["params"] for t in front["front"]],
+              {"label": f"front ({len(front['front'])})", "x": [params(t) for t in front["front"]],
                "y": [t["metrics"]["error"] for t in front["front"]], "style": {"c": "C3"}},
               {"label": "exported", "x": [m["params"] for m in models], "y": [m["validation"]["error"] for m in models],
                "names": [m["name"] for m in models], "style": {"c": "C0", "s": 70, "hollow": True}}]
@@ -211,7 +216,7 @@ def gather(folder, family, task) -> dict:
             "timed where it will run (median and 90th percentile of repeated runs); models/manifest.json lists "
             "them with their sha256."], "tables": [_models(models, family, task.metric_name)]},
         {"title": "Fronts", "text": _off_the_measured_front(models, task) + _at_the_floor(models, family),
-         "figures": _fronts(models, front, evaluated, task)},
+         "figures": _fronts(models, front, evaluated, task, family)},
         {"title": "Training", "figures": _training(folder)},
         {"title": "Coverage", "text": [
             f"{coverage.get('space_size', 0):,} sub-models; {coverage.get('coverage', 0):.1%} of the parameters are in "

@@ -32,6 +32,8 @@ def inspect_stage(job: Job, folder: RunFolder, progress: bool) -> dict:
     _check_runtimes(job)
     model = job.build_model()
     job.check_data(model)
+    if "streaming" in job.config.targets.runtimes:
+        _check_streams(job, model)
     try:
         coverage = inspect(model, job.example_inputs, job.config.elastic.elastic_config())
     except ValueError as err:
@@ -52,6 +54,18 @@ def _check_runtimes(job: Job) -> None:
                 runtime(name)
             except RuntimeMissing as err:
                 raise JobError(f"targets.runtimes: {err}") from None
+
+
+def _check_streams(job: Job, model) -> None:
+    """A streaming target needs a model that runs one frame at a time: checked before training."""
+    import copy
+
+    from onefit.streaming import NotStreamable, continual
+
+    try:
+        continual(copy.deepcopy(model), job.example_inputs[0][:1])
+    except (NotStreamable, ValueError) as err:
+        raise JobError(f"targets.runtimes: 'streaming': {err}") from None
 
 
 def _test_metric(job: Job, module) -> float:

@@ -68,6 +68,8 @@ def family_problem(family, data: Iterable, *, objectives: Sequence[str] = ("erro
         batch = re.fullmatch(r"latency_ms@b([1-9][0-9]*)", name)
         if batch:
             metrics[name] = _measured_latency(family, int(batch.group(1)))
+        if name in STREAMING:
+            metrics[name] = _streaming(family, name)
     return Problem(space, metrics, objectives, constraints, canonical=family.canonical)
 
 
@@ -81,6 +83,23 @@ def _subspace(full: Space, part: Space | None) -> Space:
             raise ValueError(f"space: {dim.name} choices {list(dim.choices)} are not among the family's "
                              f"{list(full[dim.name].choices)}")
     return part
+
+
+STREAMING = ("step_macs", "step_latency_ms")  # per new frame, for streaming targets (onefit.continual)
+
+
+def _streaming(family, name: str) -> Metric:
+    """Per-step cost of a sub-model run one frame at a time on the family's example clip:
+    ``step_macs`` (torch's FLOP counter) or ``step_latency_ms`` (eager, batch 1, measured)."""
+    from onefit.streaming import continual
+
+    clip = family.example_inputs[0][:1]
+
+    def per_step(arch: Arch) -> float:
+        stream = continual(family.extract(arch), clip)
+        return stream.step_macs() if name == "step_macs" else stream.step_latency(repeats=50).median_ms
+
+    return Metric(per_step)
 
 
 def _measured_latency(family, batch: int) -> Metric:
