@@ -16,7 +16,7 @@ fine-tuned family, or the adapters and head); per sub-model: its slice of them.
 Targets (issue 22): at 70 % and 90 % pruned, adapters within 1 point of fine-tuning or better, with
 at least 5x fewer learned parameters per task.
 
-    python bench/adapters.py            # 3 seeds; writes bench/results/adapters.{json,md}
+    python bench/adapters.py            # seeds 1-3; writes bench/results/adapters.{json,md}
     python bench/adapters.py --quick    # a smoke run (seconds)
     python bench/adapters.py --from-json bench/results/adapters.json
 """
@@ -178,11 +178,12 @@ def render(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    # seed 0 chose the learning rates (pilots: fine-tuning 1e-3 / 3e-3, adapters 3e-3 / 1e-2 / 3e-2), so it is left out
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--source-epochs", type=int, default=10)
     parser.add_argument("--target-epochs", type=int, default=6)
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--adapter-lr", type=float, default=3e-3)
+    parser.add_argument("--finetune-lr", type=float, default=3e-3)
+    parser.add_argument("--adapter-lr", type=float, default=3e-2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--from-json", type=Path)

@@ -66,7 +66,7 @@ def test_a_sub_model_uses_the_prefix_of_its_adapter():
     fused = family.extract(arch)[1].weight
     by_hand = original[:8] + delta.B[:8, :2] @ delta.A[:2]
     assert torch.allclose(fused, by_hand, atol=1e-6)
-    assert learned_parameters_of(family, arch) == 2 * (8 + 64) + (8 * 10 + 10)
+    assert learned_parameters_of(family, arch) == 2 * (8 + 64) + 2 * 8 + (8 * 10 + 10)  # adapter, norm, head
 
 
 def test_the_family_is_untouched_by_training_and_given_back_unchanged():

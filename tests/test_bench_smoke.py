@@ -120,3 +120,17 @@ def test_the_llm_benchmark_quick_runs_write_json_and_markdown(tmp_path):
                        "--candidates", "2", "--out", str(tmp_path)])
     assert all(0 < c["cut"] <= 1 and 0 < c["extracted"] <= 1 for c in result["chosen"].values())
     assert "cut, no training" in (tmp_path / "llm_minilm.md").read_text()
+
+
+def test_continual_and_adapter_benchmarks_quick_runs_write_json_and_markdown(tmp_path):
+    import adapters
+    import continual_inference
+
+    result = continual_inference.main(["--quick", "--out", str(tmp_path)])
+    assert all(r["stream_accuracy"] == r["offline_accuracy"] and r["step_macs"] < r["window_macs"]
+               for r in result["rows"])
+    assert "| sub-model | params | accuracy offline / streaming |" in (tmp_path / "continual_quick.md").read_text()
+    result = adapters.main(["--quick", "--out", str(tmp_path)])
+    assert [s["pruned"] for s in result["summary"]] == [0.5, 0.7, 0.9]
+    assert result["runs"][0]["adapters_learned_task"] * 5 < result["runs"][0]["rows"][0]["finetune_learned_task"]
+    assert "| pruned | params kept | (i) fine-tune all |" in (tmp_path / "adapters_quick.md").read_text()

@@ -16,8 +16,8 @@ set cannot be loaded onto another family); ``detach_()`` gives the family back u
 >>> adapters = onefit.adapt(family, ranks=(2, 4))
 >>> family.space["adapter:rank"].choices, adapters.layers, adapters.head
 ((2, 4), ['1', '4'], '7')
->>> adapters.learned_parameters(), weights  # rank-4 adapters and a new head, against every weight
-(970, 3594)
+>>> adapters.learned_parameters(), weights  # rank-4 adapters, norms and a new head, against every weight
+(1098, 3594)
 >>> adapters.detach_(); "adapter:rank" in family.space.names
 False
 """
@@ -65,9 +65,9 @@ class Adapters:
     """The adapters attached to ``family`` for one task (see the module's docstring)."""
 
     def __init__(self, family, ranks: tuple[int, ...], layers: list[str], skipped: dict[str, str], head: str,
-                 digest: str, saved_head: tuple, saved_momentum: dict):
+                 norms: list[str], digest: str, saved: dict):
         self.family, self.ranks, self.layers, self.skipped, self.head = family, ranks, layers, skipped, head
-        self.digest, self._saved_head, self._saved_momentum = digest, saved_head, saved_momentum
+        self.norms, self.digest, self._saved = norms, digest, saved
 
     def deltas(self) -> dict[str, LowRankDelta]:
         return {name: self.family.module.get_submodule(name).parametrizations.weight[0] for name in self.layers}
@@ -75,28 +75,30 @@ class Adapters:
     def head_module(self) -> nn.Module:
         return self.family.module.get_submodule(self.head)
 
+    def _own(self) -> dict[str, nn.Parameter]:
+        """What a task learns, by name: every adapter's A and B, the norms' scales and shifts
+        (with ``norms``), the head's weight and bias."""
+        own = {f"{name}.{part}": getattr(d, part) for part in ("A", "B") for name, d in self.deltas().items()}
+        for name in [*self.norms, self.head]:
+            module = self.family.module.get_submodule(name)
+            own |= {f"{name}.{part}": getattr(module, part) for part in ("weight", "bias")
+                    if getattr(module, part, None) is not None}
+        return own
+
     def parameters(self) -> list[nn.Parameter]:
-        """What a task learns: every adapter's A and B, and the head's weight and bias."""
-        head = [p for p in (self.head_module().weight, self.head_module().bias) if p is not None]
-        return [p for d in self.deltas().values() for p in (d.A, d.B)] + head
+        return list(self._own().values())
 
     def learned_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        tensors = {f"{name}.A": d.A for name, d in self.deltas().items()}
-        tensors |= {f"{name}.B": d.B for name, d in self.deltas().items()}
-        head = self.head_module()
-        tensors[f"{self.head}.weight"] = head.weight
-        if head.bias is not None:
-            tensors[f"{self.head}.bias"] = head.bias
-        return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        return {k: v.detach().contiguous().cpu() for k, v in self._own().items()}
 
     def save(self, path) -> Path:
         """Write the adapters and the head to ``path`` (one safetensors file, atomically)."""
         path = Path(path)
         meta = {"format": FORMAT, "family": self.digest, "ranks": list(self.ranks), "layers": self.layers,
-                "head": self.head, "head_shape": list(self.head_module().weight.shape)}
+                "norms": self.norms, "head": self.head, "head_shape": list(self.head_module().weight.shape)}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, safetensors.torch.save(self.state_dict(), metadata={"onefit": json.dumps(meta)}))
         return path
@@ -107,13 +109,15 @@ class Adapters:
         for name in self.layers:
             parametrize.remove_parametrizations(family.module.get_submodule(name), "weight", leave_parametrized=False)
         head = self.head_module()
-        weight, bias, out_features, requires = self._saved_head
-        head.weight, head.bias, head.out_features = weight, bias, out_features
-        for module, (momentum, tracked) in self._saved_momentum.items():
+        head.weight, head.bias, head.out_features = self._saved["head"]
+        with torch.no_grad():
+            for p, value in self._saved["norms"].items():
+                p.copy_(value)
+        for module, (momentum, tracked) in self._saved["momentum"].items():
             module.momentum = momentum
             if tracked is not None:
                 module.num_batches_tracked.copy_(tracked)
-        for p, flag in requires.items():
+        for p, flag in self._saved["requires_grad"].items():
             p.requires_grad_(flag)
         family.space = Space([d for d in family.space if d.name != DIMENSION])
         family.adapters = None
@@ -131,11 +135,13 @@ def _head_name(family) -> str:
 
 
 def adapt(family, ranks: Sequence[int] = (4, 8, 16), *, head: str | None = None, classes: int | None = None,
-          layers: Sequence[str] | None = None, seed: int = 0) -> Adapters:
+          layers: Sequence[str] | None = None, norms: bool = True, seed: int = 0) -> Adapters:
     """Freeze ``family`` and attach low-rank adapters of ``ranks`` (a dimension when more than one)
     to ``layers`` (by default every Linear and convolution except the head and tied weights, that
     can take the largest rank) and a new head of ``classes`` outputs (by default the head's own).
-    Returns the :class:`Adapters`; train with ``onefit.train(family, data, AdapterRecipe())``."""
+    With ``norms`` the task also learns its own scale and shift of every norm layer (a few
+    parameters per channel; SPLoRA learns biases likewise). Returns the :class:`Adapters`; train
+    with ``onefit.train(family, data, AdapterRecipe())``."""
     if getattr(family, "adapters", None) is not None:
         raise AdapterError("the family already has adapters attached; detach_() them first")
     ranks = tuple(sorted({int(r) for r in ranks}))
@@ -185,10 +191,18 @@ def adapt(family, ranks: Sequence[int] = (4, 8, 16), *, head: str | None = None,
         parametrize.register_parametrization(
             layer, "weight", LowRankDelta(layer.weight.shape[0], _columns(layer), ranks[-1], tuple(layer.weight.shape)))
     module = family.module.get_submodule(head)
-    saved_head = (module.weight, module.bias, module.out_features, requires)
+    saved = {"head": (module.weight, module.bias, module.out_features), "requires_grad": requires,
+             "momentum": momentum, "norms": {}}
     fresh = nn.Linear(module.in_features, classes or module.out_features, bias=module.bias is not None)
     module.weight, module.bias, module.out_features = fresh.weight, fresh.bias, fresh.out_features
-    adapters = Adapters(family, ranks, chosen, skipped, head, digest, saved_head, momentum)
+    norm_names = [n for n, layer in family.plan.layers.items() if layer.kind == "norm"
+                  and getattr(family.module.get_submodule(n), "weight", None) is not None] if norms else []
+    for name in norm_names:
+        for p in (family.module.get_submodule(name).weight, family.module.get_submodule(name).bias):
+            if p is not None:
+                saved["norms"][p] = p.detach().clone()
+                p.requires_grad_(True)
+    adapters = Adapters(family, ranks, chosen, skipped, head, norm_names, digest, saved)
     family.adapters = adapters
     if len(ranks) > 1:
         family.space = Space([*family.space, Dimension(DIMENSION, "adapter", ranks)])
@@ -216,19 +230,15 @@ def load_adapters(family, path) -> Adapters:
     if head_shape[1] != module.in_features:
         raise AdapterError(f"{path}: its head reads {head_shape[1]} features, the family's {meta['head']} "
                            f"{module.in_features}")
-    adapters = adapt(family, meta["ranks"], head=meta["head"], classes=head_shape[0], layers=meta["layers"])
+    adapters = adapt(family, meta["ranks"], head=meta["head"], classes=head_shape[0], layers=meta["layers"],
+                     norms=bool(meta.get("norms")))
     own = adapters.state_dict()
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
         adapters.detach_()
         raise AdapterError(f"{path}: its tensors do not match the adapters it describes")
     with torch.no_grad():
-        for name, delta in adapters.deltas().items():
-            delta.A.copy_(tensors[f"{name}.A"])
-            delta.B.copy_(tensors[f"{name}.B"])
-        head = adapters.head_module()
-        head.weight.copy_(tensors[f"{adapters.head}.weight"])
-        if head.bias is not None:
-            head.bias.copy_(tensors[f"{adapters.head}.bias"])
+        for name, p in adapters._own().items():
+            p.copy_(tensors[name])
     return adapters
 
 
@@ -246,6 +256,10 @@ def learned_parameters_of(family, arch) -> int:
         layer, (n_in, n_out) = family.module.get_submodule(name), sizes[name]
         per_group = n_in // getattr(layer, "groups", 1) if isinstance(layer, ElasticConv) else n_in
         total += rank * (n_out + per_group)
+    for name in adapters.norms:
+        if not f"{name}.".startswith(skipped):
+            norm = family.module.get_submodule(name)
+            total += sizes[name][1] * sum(getattr(norm, p, None) is not None for p in ("weight", "bias"))
     n_in, n_out = sizes[adapters.head]
     return total + n_in * n_out + (n_out if adapters.head_module().bias is not None else 0)
 
