@@ -26,6 +26,9 @@ bench: $(STAMP)
 	$(PY) bench/gradient_noise.py
 	$(PY) bench/kernel.py
 	$(PY) bench/progressive_distillation.py
+	$(PY) bench/continual_inference.py --channels 256
+	$(PY) bench/adapters.py
+	$(PY) bench/adapters.py --target-images 250 --stem adapters_250_images
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py

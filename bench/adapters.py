@@ -48,9 +48,12 @@ PRUNED = (0.5, 0.7, 0.9)
 RANKS = (4, 8, 16)
 
 
-def split_by_digit(loader, digits: range, seed: int, shuffle: bool) -> DataLoader:
+def split_by_digit(loader, digits: range, seed: int, shuffle: bool, limit: int | None = None) -> DataLoader:
+    """The images of ``digits``, relabelled from 0; with ``limit``, that many drawn at random (by ``seed``)."""
     x, y = loader.dataset.tensors
-    keep = (y >= digits.start) & (y < digits.stop)
+    keep = torch.nonzero((y >= digits.start) & (y < digits.stop)).flatten()
+    if limit is not None:
+        keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit]]
     return DataLoader(TensorDataset(x[keep], y[keep] - digits.start), batch_size=64, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed))
 
@@ -62,7 +65,7 @@ def sub_model_accuracy(family, arch, train, test) -> float:
 def run_seed(seed: int, args) -> dict:
     train_all, test_all = mnist5k(batch_size=64, seed=seed)
     source_train = split_by_digit(train_all, range(0, 5), seed, True)
-    target_train = split_by_digit(train_all, range(5, 10), seed, True)
+    target_train = split_by_digit(train_all, range(5, 10), seed, True, limit=args.target_images)
     target_test = split_by_digit(test_all, range(5, 10), seed, False)
     if args.quick:
         source_train, target_train, target_test = ([b for _, b in zip(range(3), d)] for d in
@@ -148,7 +151,8 @@ def render(result: dict) -> str:
         f"`{result['command']}`; {result['machine']['cpu']}, torch {result['machine']['torch']}; seeds "
         f"{[r['seed'] for r in runs]}. Family: `resnet({', '.join(f'{k}={v}' for k, v in MODEL.items())})`, widths "
         f"{list(WIDTHS)}, SortedNet, {result['source_epochs']} epochs on 0-4; then {result['target_epochs']} epochs on "
-        f"5-9 for each method (fine-tuning at lr {result['finetune_lr']}, adapters at {result['adapter_lr']}). "
+        f"5-9 for each method (fine-tuning at lr {result['finetune_lr']}, adapters at {result['adapter_lr']}), on "
+        f"{'all its training images' if not result.get('target_images') else str(result['target_images']) + ' of its training images'}. "
         f"Per task, fine-tuning learns and stores {runs[0]['rows'][0]['finetune_learned_task']:,} parameters (the "
         f"family), adapters {runs[0]['adapters_learned_task']:,} (ranks up to {max(RANKS)} on "
         f"{runs[0]['adapted_layers']} layers, and the head): "
@@ -184,6 +188,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--target-epochs", type=int, default=6)
     parser.add_argument("--finetune-lr", type=float, default=3e-3)
     parser.add_argument("--adapter-lr", type=float, default=3e-2)
+    parser.add_argument("--target-images", type=int, help="train on this many target images (default: all)")
+    parser.add_argument("--stem", default=STEM, help="name of the results files")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--from-json", type=Path)
@@ -198,9 +204,10 @@ def main(argv=None) -> dict:
                                                                  *(sys.argv[1:] if argv is None else argv)]),
                   "source_epochs": args.source_epochs, "target_epochs": args.target_epochs,
                   "finetune_lr": args.finetune_lr, "adapter_lr": args.adapter_lr, "quick": args.quick,
+                  "target_images": args.target_images,
                   "runs": runs, "summary": summarise(runs)}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = STEM + ("_quick" if args.quick else "")
+    stem = args.stem + ("_quick" if args.quick else "")
     if not args.from_json:
         (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     text = render(json.loads(json.dumps(result)))

@@ -127,6 +127,8 @@ def test_ranks_a_layer_cannot_take_are_refused():
     adapters = onefit.adapt(family, ranks=(4,))
     with pytest.raises(AdapterError, match="already has adapters"):
         onefit.adapt(family)
+    with pytest.raises(ValueError, match=r"save them with adapters.save\(path\)"):
+        family.save("/nonexistent/family")
     adapters.detach_()
     with pytest.raises(ValueError, match="attach them first"):
         onefit.AdapterRecipe().prepare(family)

@@ -242,6 +242,10 @@ class Family(nn.Module):
         """Write safetensors weights plus JSON metadata to ``directory`` (atomically)."""
         from onefit.checkpoint import save_family
 
+        if getattr(self, "adapters", None) is not None:
+            raise ValueError("the family has adapters attached: save them with adapters.save(path), and the family "
+                             "itself after adapters.detach_()")
+
         save_family(self, directory)
 
     def describe(self) -> dict:
