@@ -145,13 +145,14 @@ def test_a_resumed_run_equals_the_uninterrupted_run_bit_for_bit(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(EXACT_SCRIPT)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
-    subprocess.run([sys.executable, str(script), str(whole), "5", "0"], check=True, timeout=300)
+    uninterrupted = subprocess.Popen([sys.executable, str(script), str(whole), "5", "0"])  # beside the one killed
     proc = subprocess.Popen([sys.executable, str(script), str(resumed), "5", "0.004"])
     deadline = time.time() + 120
     while not (resumed / "family.json").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert uninterrupted.wait(timeout=300) == 0
     done = json.loads((resumed / "family.json").read_text())["progress"]["epoch"]
     assert 1 <= done < 5
     subprocess.run([sys.executable, str(script), str(resumed), "5", "0"], check=True, timeout=300)

@@ -61,7 +61,7 @@ def test_no_example_is_skipped():
 
 # Packages and top-level modules, lowest first: each may import only those before it.
 ORDER = ["space", "progress", "distill", "zoo", "data", "trust", "elastic", "graph", "config", "checkpoint", "dims",
-         "family", "tasks", "importance", "export", "cost", "runtimes", "streaming", "saved", "train", "select", "search",
+         "family", "tasks", "importance", "export", "cost", "runtimes", "streaming", "adapters", "saved", "train", "select", "search",
          "report",
          "inspect", "run", "demo", "cli", "__main__"]
 

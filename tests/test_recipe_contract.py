@@ -22,6 +22,8 @@ def target_for(recipe, seed=0):
         from onefit.train import Chain
 
         return Chain([onefit.zoo.mlp(hidden=8, layers=1), onefit.zoo.mlp(hidden=8, layers=1)], family.example_inputs)
+    if recipe.name == "adapters":  # trains adapters attached to a frozen family
+        onefit.adapt(family, ranks=(2, 4))
     return family if recipe.trains == "family" else family.extract(family.space.max())
 
 

@@ -227,9 +227,9 @@ import sys, time
 from onefit.search.problem import toy_problem
 from onefit.search.study import Study
 
-start = float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
-Study(sys.argv[1], toy_problem())
+for db, start in zip(sys.argv[1::2], sys.argv[2::2]):  # one race per database, all processes at once
+    time.sleep(max(0.0, float(start) - time.time()))
+    Study(db, toy_problem())
 """
 
 
@@ -237,10 +237,9 @@ def test_processes_creating_one_new_study_at_once_all_open_it(tmp_path):
     script = tmp_path / "race.py"
     script.write_text(textwrap.dedent(RACE))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    for round_ in range(3):
-        db = tmp_path / f"study{round_}.db"
-        start = time.time() + 4.0  # every process has imported optuna by then
-        procs = [subprocess.Popen([sys.executable, str(script), str(db), str(start)], env=env,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
-        errors = [p.communicate(timeout=120)[1] for p in procs]
-        assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-2000:]
+    first = time.time() + 6.0  # every process has imported optuna by then
+    races = [arg for round_ in range(3) for arg in (str(tmp_path / f"study{round_}.db"), str(first + 1.5 * round_))]
+    procs = [subprocess.Popen([sys.executable, str(script), *races], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-2000:]

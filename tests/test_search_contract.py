@@ -44,8 +44,9 @@ def searcher_type(request):
 
 def test_same_seed_same_proposals(searcher_type):
     problem = wide_problem()
-    assert run(searcher_type, problem, 40, seed=3) == run(searcher_type, problem, 40, seed=3)
-    assert run(searcher_type, problem, 40, seed=3) != run(searcher_type, problem, 40, seed=4)
+    first = run(searcher_type, problem, 40, seed=3)
+    assert first == run(searcher_type, problem, 40, seed=3)
+    assert first != run(searcher_type, problem, 40, seed=4)
 
 
 def test_asks_stay_in_the_space_and_mostly_fresh(searcher_type):
