@@ -37,3 +37,28 @@ def test_distinct_chain_strictly_grows(family):
     assert params == sorted(set(params)) and len(params) < len(family.space.nested_chain())
     assert params[0] == onefit.count_params(family, family.space.min())
     assert params[-1] == onefit.count_params(family, family.space.max())
+
+
+def test_a_search_measuring_latency_fits_the_latency_model_that_latency_budgets_use():
+    """latency_ms@b1 measured by the search fits the family's latency model as it goes; then a
+    latency budget picks the largest sub-model predicted to fit it."""
+    torch.manual_seed(0)
+    family = onefit.elasticize(onefit.zoo.mlp(hidden=64, layers=2), (torch.randn(2, 1, 8, 8),),
+                               onefit.ElasticConfig(width=(0.25, 0.5, 0.75, 1.0)))
+    with pytest.raises(onefit.BudgetError, match="no latency model for ONNX Runtime at batch 1; search with a "
+                                                 "latency_ms@b1 objective"):
+        onefit.largest_within(family, latency_ms=1.0)
+    data = [(torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)))]
+    problem = onefit.family_problem(family, data, objectives=("error", "latency_ms@b1"))
+    onefit.search(problem, onefit.RandomSearch(seed=0), budget=10, progress=False)
+    model = family.latency_models["onnxruntime-b1"]
+    assert model.fit_error["n"] == 10 and model.batch == 1  # fitted at the 6th measurement, refitted at the 10th
+    chain = family.space.nested_chain()
+    predicted = [model.predict(family, a) for a in chain]
+    limit = (min(predicted) + max(predicted)) / 2
+    pick = onefit.largest_within(family, **{"latency_ms@b1": limit})
+    assert model.predict(family, pick) <= limit
+    later = chain[chain.index(pick) + 1:]
+    assert all(model.predict(family, a) > limit for a in later) or not later
+    with pytest.raises(onefit.BudgetError, match="the smallest costs latency_ms="):
+        onefit.largest_within(family, latency_ms=min(predicted) / 10)

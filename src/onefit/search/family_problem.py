@@ -103,11 +103,30 @@ def _streaming(family, name: str) -> Metric:
 
 
 def _measured_latency(family, batch: int) -> Metric:
-    """``latency_ms@bN``: each sub-model measured on ONNX Runtime at batch N (its example repeated)."""
+    """``latency_ms@bN``: each sub-model measured on ONNX Runtime at batch N (its example
+    repeated). The measurements fit the family's latency model for that batch as they come
+    (``family.latency_models["onnxruntime-bN"]``, refitted every few), so the sub-models the search
+    did not measure get a prediction, and ``largest_within`` takes latency budgets."""
     from onefit.cost.latency import measure_latency
+    from onefit.cost.latency_model import FEATURES, LatencyModel
 
     examples = tuple(x.repeat(batch, *[1] * (x.dim() - 1)) for x in family.example_inputs)
-    return Metric(lambda arch: measure_latency(family.extract(arch).eval(), examples, repeats=20, warmup=5).median_ms)
+    measured: list[tuple[Arch, float]] = []
+
+    def latency(arch: Arch) -> float:
+        ms = measure_latency(family.extract(arch).eval(), examples, repeats=20, warmup=5).median_ms
+        measured.append((arch, ms))
+        n = len(measured)
+        if n >= len(FEATURES) + 2 and (n - len(FEATURES) - 2) % REFIT_EVERY == 0:
+            archs, times = zip(*measured)
+            family.latency_models[f"onnxruntime-b{batch}"] = LatencyModel.fit(family, archs, times,
+                                                                              backend="onnxruntime", batch=batch)
+        return ms
+
+    return Metric(latency)
+
+
+REFIT_EVERY = 4  # measurements between refits of the latency model a search fits
 
 
 def _latency(family, latency) -> Metric | None:
