@@ -25,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import torch
 import onefit
 from onefit.cost.latency import environment, torch_threads
 from onefit.data import mnist5k
+from onefit.export.onnx import onnx_session
 from onefit.train import evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -66,6 +68,18 @@ def window_latency(model, clip: torch.Tensor, calls: int) -> float:
             t = time.perf_counter()
             model(clip)
             times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def session_latency(session, inputs: tuple, calls: int) -> float:
+    """Milliseconds of one ONNX Runtime call (the median of ``calls``)."""
+    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+    session.run(None, feeds)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times)
 
 
@@ -111,19 +125,34 @@ def run(args, argv) -> dict:
                      "step_macs": stream.step_macs(), "receptive_field": stream.receptive_field,
                      "delay": stream.delay, "_stream": stream, "_model": sub})
     frame, clip = example[:1, :, 0], example[:1]
-    rounds = {i: {"step": [], "window": []} for i in range(len(rows))}
+    sessions = {}
+    for i, row in enumerate(rows):  # the same two ways on ONNX Runtime: the window's file, the step's file
+        stream = row["_stream"]
+        stream.clean_state()
+        for t in range(WINDOW):
+            stream.forward_step(example[:1, :, t])
+        state = stream.state()
+        folder = Path(tempfile.mkdtemp())
+        onefit.export(row["_model"], folder / "window.onnx", (clip,))
+        onefit.export(stream.step_module(), folder / "step.onnx", (frame, *state), exporter="dynamo")
+        sessions[i] = {"window": (onnx_session(folder / "window.onnx", args.threads), (clip,)),
+                       "step": (onnx_session(folder / "step.onnx", args.threads), (frame, *state))}
+    rounds = {i: {k: [] for k in ("step", "window", "ort_step", "ort_window")} for i in range(len(rows))}
     with torch_threads(args.threads), torch.no_grad():
-        for _ in range(args.rounds):  # interleaved: every sub-model, both ways, each round
+        for _ in range(args.rounds):  # interleaved: every sub-model, every way, each round
             for i, row in enumerate(rows):
                 rounds[i]["step"].append(step_latency(row["_stream"], frame, args.calls))
                 rounds[i]["window"].append(window_latency(row["_model"], clip, args.calls))
+                for way in ("step", "window"):
+                    session, inputs = sessions[i][way]
+                    rounds[i][f"ort_{way}"].append(session_latency(session, inputs, args.calls))
     for i, row in enumerate(rows):
         del row["_stream"], row["_model"]
-        step, window = rounds[i]["step"], rounds[i]["window"]
-        row.update(step_ms=statistics.median(step), window_ms=statistics.median(window),
-                   step_ms_range=[min(step), max(step)], window_ms_range=[min(window), max(window)],
-                   mac_ratio=row["window_macs"] / row["step_macs"],
-                   speedup=statistics.median(window) / statistics.median(step))
+        for way in ("step", "window", "ort_step", "ort_window"):
+            times = rounds[i][way]
+            row[f"{way}_ms"], row[f"{way}_ms_range"] = statistics.median(times), [min(times), max(times)]
+        row.update(mac_ratio=row["window_macs"] / row["step_macs"], speedup=row["window_ms"] / row["step_ms"],
+                   ort_speedup=row["ort_window_ms"] / row["ort_step_ms"])
         row["targets"] = {"macs_per_step_at_most_a_tenth": row["mac_ratio"] >= 10,
                           "speedup_at_least_half_the_mac_ratio": row["speedup"] >= row["mac_ratio"] / 2}
     return {"machine": environment(), "command": " ".join(["python", "bench/continual_inference.py", *(argv or [])]),
@@ -143,8 +172,8 @@ def render(result: dict) -> str:
         f"of {result['calls']} calls each (range over rounds in brackets).",
         "",
         "| sub-model | params | accuracy offline / streaming | max logit diff | MACs window | MACs / step | ratio "
-        "| window ms | step ms | speed-up | targets |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| window ms | step ms | speed-up | targets | ORT window ms | ORT step ms | ORT speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for row in result["rows"]:
         arch = ", ".join(f"{v}" for v in row["arch"].values())
@@ -156,9 +185,13 @@ def render(result: dict) -> str:
             f"| {row['max_logit_difference']:.1e} | {row['window_macs']:,} | {row['step_macs']:,} "
             f"| {row['mac_ratio']:.1f}x | {row['window_ms']:.3f} [{row['window_ms_range'][0]:.3f}-"
             f"{row['window_ms_range'][1]:.3f}] | {row['step_ms']:.3f} [{row['step_ms_range'][0]:.3f}-"
-            f"{row['step_ms_range'][1]:.3f}] | {row['speedup']:.1f}x | {verdict} |")
-    lines += ["", "Targets: MACs per step at most a tenth of the window's (ratio >= 10x); a measured speed-up of at "
-              "least half the MAC ratio. Each streaming output is the offline model's on the last 28 rows; the "
+            f"{row['step_ms_range'][1]:.3f}] | {row['speedup']:.1f}x | {verdict} | "
+            + (f"{row['ort_window_ms']:.3f} | {row['ort_step_ms']:.3f} | {row['ort_speedup']:.1f}x |"
+               if "ort_step_ms" in row else "- | - | - |"))
+    lines += ["", "Targets (torch eager): MACs per step at most a tenth of the window's (ratio >= 10x); a measured "
+              "speed-up of at least half the MAC ratio. ORT: the same sub-model's window as a verified ONNX file, "
+              "and its step (`stream.step_module()`, the state passed in and out) as another, on ONNX Runtime. "
+              "Each streaming output is the offline model's on the last 28 rows; the "
               f"receptive field is {result['rows'][0]['receptive_field']} rows, the delay "
               f"{result['rows'][0]['delay']}."]
     if result["quick"]:

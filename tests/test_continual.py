@@ -168,3 +168,29 @@ def test_a_run_with_a_streaming_target_reports_the_cost_of_a_step(tmp_path):
                                                                         "classes": 10}}})
     with pytest.raises(Exception, match="'streaming'.*stem: padding 2 in time"):
         run(padded, tmp_path / "padded", progress=False, echo=lambda _: None)
+
+
+def test_a_step_exports_to_onnx_and_carries_the_stream_on(tmp_path):
+    """step_module() is the step as a pure function of the frame and the state: a verified ONNX
+    file that, fed its own state back, goes on giving what forward_step gives."""
+    import numpy as np
+
+    from onefit.export.onnx import onnx_session
+
+    model = trained_like(onefit.zoo.temporal_cnn(in_channels=4, channels=8, blocks=2, classes=3, stride=2,
+                                                 padding=False))
+    stream = continual(model, torch.randn(1, 4, 20))
+    with pytest.raises(ValueError, match="the stream is not full yet"):
+        stream.state()
+    x = torch.randn(1, 4, 40)
+    for t in range(25):
+        stream.forward_step(x[..., t])
+    state = [s.numpy() for s in stream.state()]
+    onefit.export(stream.step_module(), tmp_path / "step.onnx", (x[..., 25], *map(torch.from_numpy, state)),
+                  exporter="dynamo")
+    session = onnx_session(tmp_path / "step.onnx")
+    names = [i.name for i in session.get_inputs()]
+    for t in range(25, 35):
+        output, *state = session.run(None, dict(zip(names, [x[..., t].numpy(), *state])))
+        expected = stream.forward_step(x[..., t]).numpy()
+        assert np.allclose(output, expected, atol=1e-5), (t, np.abs(output - expected).max(), output.shape, expected.shape)

@@ -97,12 +97,13 @@ class Streaming(nn.Module):
 
     def __init__(self, module: nn.Module, graph: fx.GraphModule, time_dim: int, window: int,
                  frame_shape: tuple, plan: list, start: dict, keep: dict, output_node: fx.Node,
-                 receptive_field: int, delay: int, attention: nn.ModuleDict):
+                 receptive_field: int, delay: int, attention: nn.ModuleDict, infos: dict):
         super().__init__()
         self.module, self.attention = module, attention
         self.time_dim, self.window, self.frame_shape = time_dim, window, frame_shape
         self.receptive_field, self.delay = receptive_field, delay
         self._graph, self._plan, self._start, self._keep, self._output = graph, plan, start, keep, output_node
+        self._infos = infos
         self.clean_state()
 
     def forward(self, clip: torch.Tensor) -> Any:
@@ -180,8 +181,57 @@ class Streaming(nn.Module):
         clip = torch.zeros((1, *self.frame_shape[: self.time_dim - 1], self.window, *self.frame_shape[self.time_dim - 1:]))
         return _macs(lambda: self.module(clip))
 
+    def state(self) -> tuple[torch.Tensor, ...]:
+        """The frames kept, one tensor per kept value (its positions on its time axis, oldest
+        first), once the stream is full: the inputs after the frame of :meth:`step_module`."""
+        if self._frame < self._start[self._output]:
+            raise ValueError(f"the stream is not full yet: {self._frame + 1} of {self._start[self._output] + 1} frames")
+        return tuple(torch.cat(list(self._history[node]), dim=self._infos[node].axis) for node in self._keep)
+
+    def step_module(self) -> nn.Module:
+        """One step as a pure function ``(frame, *state) -> (output, *state)`` of a full stream,
+        for export: ``onefit.export(stream.step_module(), path, (frame, *stream.state()))`` gives
+        a verified ONNX file that runs the stream on ONNX Runtime, its state passed in and out."""
+        return _Step(self)
+
     def extra_repr(self) -> str:
         return f"window={self.window}, receptive_field={self.receptive_field}, delay={self.delay}"
+
+
+class _Buffer:
+    """A kept value's frames as one tensor along its time axis: ``[-1 - lag]`` reads one, and
+    ``append`` drops the oldest (what the step's deque does, as tensor operations)."""
+
+    def __init__(self, tensor: torch.Tensor, axis: int):
+        self.tensor, self.axis = tensor, axis
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.tensor.narrow(self.axis, self.tensor.shape[self.axis] + index, 1)
+
+    def append(self, value: torch.Tensor) -> None:
+        kept = self.tensor.shape[self.axis]
+        self.tensor = torch.cat([self.tensor.narrow(self.axis, 1, kept - 1), value], dim=self.axis)
+
+
+class _Step(nn.Module):
+    """The steps of a stream without its state (exporters swap the tensors a module holds, so the
+    stream's own histories stay out of reach)."""
+
+    def __init__(self, stream: Streaming):
+        super().__init__()
+        self.model, self.attention = stream.module, stream.attention  # their parameters, for export
+        kept = {node: stream._infos[node].axis for node in stream._keep}
+        object.__setattr__(self, "_spec", (stream._plan, kept, stream._output))
+
+    def forward(self, frame: torch.Tensor, *state: torch.Tensor):
+        plan, kept, output = self._spec
+        history = {node: _Buffer(tensor, axis) for (node, axis), tensor in zip(kept.items(), state)}
+        now: dict = {}
+        for node, step in plan:  # a full stream: every node has its value
+            now[node] = step(now, history, frame)
+            if node in history:
+                history[node].append(now[node])
+        return (now[output], *(history[node].tensor for node in kept))
 
 
 def _macs(fn: Callable) -> int:
@@ -280,7 +330,7 @@ class _Compiler:
         reach = self.reach(output)
         return Streaming(self.module, self.graph, self.time_dim, window, frame_shape, self.plan, self.start,
                          self.keep, output, receptive_field=max(reach) - min(reach) + 1, delay=min(reach),
-                         attention=self.attention)
+                         attention=self.attention, infos=self.info)
 
     def refuse(self, node: fx.Node, why: str) -> None:
         where = node.target if node.op == "call_module" else f"{node.name} ({_op_name(node)})"
@@ -440,7 +490,7 @@ class _Compiler:
             scale_shift = _batch_norm_affine(norm) if norm is not None else None
             if scale_shift is not None:  # the batch norm that alone reads it, folded into the product
                 scale, shift = scale_shift
-                weight = weight * scale[:, None]
+                weight = weight.detach() * scale[:, None]
                 bias = shift if bias is None else bias.detach() * scale + shift
                 self.folded.add(users[0])
 

@@ -14,6 +14,7 @@ warning to silence.
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import tempfile
@@ -94,8 +95,13 @@ def _export_with(module: nn.Module, examples: tuple, exporter: str) -> bytes:
                           dynamic_axes={n: {0: "batch"} for n in names + ["output"]}, opset_version=17)
         return buffer.getvalue()
     batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({0: batch} for _ in examples)
+    params = list(inspect.signature(module.forward).parameters.values())
+    if any(p.kind == p.VAR_POSITIONAL for p in params):  # forward(x, *state): the rest is one tuple
+        named = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        shapes = (*shapes[:named], shapes[named:])
     program = torch.onnx.export(module, examples, dynamo=True, input_names=names, external_data=False,
-                                dynamic_shapes=tuple({0: batch} for _ in examples), verbose=False)
+                                dynamic_shapes=shapes, verbose=False)
     with tempfile.TemporaryDirectory() as tmp:
         program.save(os.path.join(tmp, "m.onnx"))
         return Path(tmp, "m.onnx").read_bytes()
