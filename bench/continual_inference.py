@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 import onefit
-from onefit.cost.latency import environment, torch_threads
+from onefit.cost.latency import environment, time_call, torch_threads
 from onefit.data import mnist5k
 from onefit.export.onnx import onnx_session
 from onefit.train import evaluate
@@ -47,40 +47,9 @@ def rows_as_time(loader) -> list:
     return [(x[:, 0].transpose(1, 2).contiguous(), y) for x, y in loader]
 
 
-def step_latency(stream, frame: torch.Tensor, steps: int) -> float:
-    """Milliseconds of one forward_step in a full stream (the median of ``steps``)."""
-    stream.clean_state()
-    for _ in range(WINDOW):
-        stream.forward_step(frame)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        stream.forward_step(frame)
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
-def window_latency(model, clip: torch.Tensor, calls: int) -> float:
-    times = []
-    with torch.no_grad():
-        model(clip)
-        for _ in range(calls):
-            t = time.perf_counter()
-            model(clip)
-            times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
-
-
-def session_latency(session, inputs: tuple, calls: int) -> float:
-    """Milliseconds of one ONNX Runtime call (the median of ``calls``)."""
-    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
-    session.run(None, feeds)
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+def call_ms(run, calls: int, threads: int) -> float:
+    """Milliseconds of one call of ``run`` (the median of ``calls``, after a few warm-up calls)."""
+    return time_call(run, batch=1, backend="bench", threads=threads, repeats=calls, warmup=5).median_ms
 
 
 def stream_accuracy(stream, data) -> tuple[float, float]:
@@ -141,11 +110,13 @@ def run(args, argv) -> dict:
     with torch_threads(args.threads), torch.no_grad():
         for _ in range(args.rounds):  # interleaved: every sub-model, every way, each round
             for i, row in enumerate(rows):
-                rounds[i]["step"].append(step_latency(row["_stream"], frame, args.calls))
-                rounds[i]["window"].append(window_latency(row["_model"], clip, args.calls))
+                stream, model = row["_stream"], row["_model"]
+                rounds[i]["step"].append(stream.step_latency(repeats=args.calls, threads=args.threads).median_ms)
+                rounds[i]["window"].append(call_ms(lambda: model(clip), args.calls, args.threads))
                 for way in ("step", "window"):
                     session, inputs = sessions[i][way]
-                    rounds[i][f"ort_{way}"].append(session_latency(session, inputs, args.calls))
+                    feeds = {inp.name: x.numpy() for inp, x in zip(session.get_inputs(), inputs)}
+                    rounds[i][f"ort_{way}"].append(call_ms(lambda: session.run(None, feeds), args.calls, args.threads))
     for i, row in enumerate(rows):
         del row["_stream"], row["_model"]
         for way in ("step", "window", "ort_step", "ort_window"):

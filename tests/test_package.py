@@ -30,7 +30,7 @@ WITHOUT_EXAMPLES = {
     "onefit.elastic.depth", "onefit.elastic.hf_conv1d",
     "onefit.export", "onefit.export.quantize", "onefit.graph",
     "onefit.graph.attention", "onefit.graph.stages",
-    "onefit.graph.trace", "onefit.report", "onefit.report.plots",
+ "onefit.report", "onefit.report.plots",
     "onefit.search", "onefit.search.family_problem", "onefit.search.mcts", "onefit.search.n2n",
     "onefit.search.predictor", "onefit.train",
     "onefit.zoo.convnext", "onefit.zoo.encoder", "onefit.zoo.minilm",

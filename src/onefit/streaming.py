@@ -45,6 +45,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from onefit.elastic.attention import attend
+from onefit.graph.trace import full_index, node_shape as _shape, op_name as _op_name
 
 
 class NotStreamable(ValueError):
@@ -70,16 +71,6 @@ _POINTWISE_FUNCS = {"relu", "relu_", "relu6", "gelu", "sigmoid", "tanh", "silu",
 _BINARY_FUNCS = {"add", "sub", "mul", "truediv", "div", "iadd", "isub", "imul", "add_", "mul_"}
 _REDUCE_FUNCS = {"mean", "sum", "amax", "amin", "max", "min"}
 _TEMPORAL = (nn.Conv1d, nn.Conv3d, nn.MaxPool1d, nn.AvgPool1d, nn.MaxPool3d, nn.AvgPool3d)
-
-
-def _op_name(node: fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
-
-
-def _shape(node) -> tuple | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 class Streaming(nn.Module):
@@ -581,13 +572,9 @@ class _Compiler:
         if _shape(x) is None:
             self.refuse(node, "indexes a value that is not a tensor")
         ndim = len(_shape(x))
-        key = key if isinstance(key, tuple) else (key,)
-        if any(not (k is None or k is Ellipsis or isinstance(k, (int, slice))) for k in key):
+        key = full_index(key, ndim)
+        if key is None:
             self.refuse(node, "indexing by a tensor or by computed bounds")
-        if Ellipsis in key:
-            at = key.index(Ellipsis)
-            key = key[:at] + (slice(None),) * (ndim - sum(k is not None for k in key) + 1) + key[at + 1:]
-        key = key + (slice(None),) * (ndim - sum(k is not None for k in key))
         positions = [i for i, k in enumerate(key) if k is not None]  # key entries of the input's axes
         at = positions[info.axis]
         entry = key[at]

@@ -36,6 +36,7 @@ from onefit.graph.plan import Group, LayerPlan, OpCost, Plan, StagePlan
 from onefit.graph.stages import find_stages
 from onefit.elastic.ties import split_name, tied_parameters
 from onefit.graph.trace import TraceError, trace  # noqa: F401  (TraceError is part of this module's API)
+from onefit.graph.trace import full_index, node_shape as _shape, op_name as _op_name
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,6 @@ def _mask_kind(node) -> str | None:
     """"bool" or "float": how the traced call gives a mask (its dtype on the example); None: no mask."""
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return None if meta is None else "bool" if meta.dtype == torch.bool else "float"
-
-
-def _op_name(node: fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
-
-
-def _shape(node) -> tuple | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -454,14 +445,9 @@ class _Walker:
         if chan is None:
             return None
         ndim = len(_shape(x))
-        key = key if isinstance(key, tuple) else (key,)
-        if any(isinstance(k, fx.Node) or not (k is None or k is Ellipsis or isinstance(k, (int, slice))) for k in key):
+        key = full_index(key, ndim)
+        if key is None:
             return self.unknown(node, "indexing by a tensor or by computed bounds")
-        if Ellipsis in key:  # ... stands for the axes the rest does not name
-            at = key.index(Ellipsis)
-            named = sum(k is not None for k in key) - 1
-            key = key[:at] + (slice(None),) * (ndim - named) + key[at + 1:]
-        key = key + (slice(None),) * (ndim - sum(k is not None for k in key))
         axes = [k for k in key if k is not None]  # one entry per input axis
         if axes[chan.axis] != slice(None):
             return self.unknown(node, "indexing the channels")

@@ -10,6 +10,35 @@ from torch.fx.passes.shape_prop import ShapeProp
 from onefit.elastic.registry import elastic_type_for
 
 
+def op_name(node: fx.Node) -> str:
+    """The name of what ``node`` calls: a method or module path, or a function's name."""
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def node_shape(node) -> tuple | None:
+    """The shape ``node`` had on the example inputs, or None (not a node, not a tensor)."""
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def full_index(key, ndim: int) -> tuple | None:
+    """An indexing key (``x[..., 4:]``, ``x[:, -1]``) written out with an entry for every axis
+    of an ``ndim``-axis tensor (None entries, which add an axis, kept); None when it indexes by a
+    tensor or by computed bounds.
+
+    >>> full_index((Ellipsis, slice(4, None)), 3)
+    (slice(None, None, None), slice(None, None, None), slice(4, None, None))
+    """
+    key = key if isinstance(key, tuple) else (key,)
+    if any(isinstance(k, fx.Node) or not (k is None or k is Ellipsis or isinstance(k, (int, slice))) for k in key):
+        return None
+    if Ellipsis in key:  # ... stands for the axes the rest does not name
+        at = key.index(Ellipsis)
+        key = key[:at] + (slice(None),) * (ndim - sum(k is not None for k in key) + 1) + key[at + 1:]
+    return key + (slice(None),) * (ndim - sum(k is not None for k in key))
+
+
 class TraceError(ValueError):
     """The model could not be traced or run on its example inputs."""
 
