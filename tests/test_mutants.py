@@ -145,10 +145,12 @@ def test_nsga2_defaults_and_first_asks_are_the_smallest_then_the_largest():
         with pytest.raises(ValueError, match=r"^NSGA2Search: crossover in \[0, 1\] and mutation in \(0, 1\]"):
             NSGA2Search(**bad)
     problem = toy_problem()
+    sample, drawn = problem.space.sample, []
+    problem.space.sample = lambda rng: drawn.append(1) or sample(rng)  # the space's own draws, counted
     s = NSGA2Search(population=4, seed=3)
     s.setup(problem)
     assert [s.ask(), s.ask()] == [problem.space.min(), problem.space.max()]
-    assert len(s._queue) == 2  # the first generation is `population` archs (private: no public view of it)
+    assert len(drawn) == 2  # the first generation: the smallest, the largest and population - 2 random archs
 
 
 def test_nsga2_asks_every_arch_once_before_repeating_and_then_repeats_without_error():

@@ -28,7 +28,7 @@ WITHOUT_EXAMPLES = {
     "onefit.cli", "onefit.cost", "onefit.cost.latency", "onefit.cost.roofline", "onefit.data",
     "onefit.dims", "onefit.elastic", "onefit.elastic.attention",
     "onefit.elastic.depth", "onefit.elastic.hf_conv1d",
-    "onefit.export", "onefit.export.quantize", "onefit.graph",
+    "onefit.export", "onefit.graph",
     "onefit.graph.attention", "onefit.graph.stages",
  "onefit.report", "onefit.report.plots",
     "onefit.search", "onefit.search.family_problem", "onefit.search.mcts", "onefit.search.n2n",

@@ -284,7 +284,8 @@ def test_int8_export_finds_the_layers_of_a_family_with_activation_bits(tmp_path)
     assert report.method == "static-qdq"
     graph = onnx.load(str(tmp_path / "q8.onnx")).graph
     gemm = next(n for n in graph.node if n.op_type == "Gemm")
-    assert gemm.name.endswith("/layer/Gemm") and gemm.input[1] in {i.name for i in graph.initializer}
+    # the runtime quantizes the plain layers (their inputs at the family's ranges): the fp32 head keeps its weight
+    assert gemm.name == "/4/Gemm" and gemm.input[1] in {i.name for i in graph.initializer}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs and all(n.input[1] not in {i.name for i in graph.initializer} for n in convs)  # int8 (QDQ)
 
@@ -392,3 +393,58 @@ def test_packing_takes_weights_on_the_gpu():
     assert torch.equal(weights.layers["0"].weight(), layer.weight.detach().cpu())
     target = torch.nn.Sequential(torch.nn.Linear(10, 4)).cuda()
     assert torch.equal(packed.unpack_(target, weights)[0].weight, layer.weight)
+
+
+# -- 8-bit quantization-aware training for an int8 runtime (ElasticConfig bits_shared) ------------------
+def shared_bits_family(**config):
+    torch.manual_seed(0)
+    config = {"bits": (8,), "activation_bits": 8, "bits_shared": True, **config}
+    return bits_family(onefit.zoo.plain_cnn(widths=(8, 16)), **config)
+
+
+def test_one_shared_bits_dimension_quantizes_the_whole_sub_model_or_none_of_it():
+    family = shared_bits_family()
+    assert [d for d in family.space if d.kind == "bits"] == [onefit.Dimension("bits", "bits", (8, 32))]
+    arch = {**family.space.max(), "bits": 8}
+    assert set(family.bits(arch).values()) == {8} and len(family.bits(arch)) == len(family.quantizable) == 5
+    assert set(family.bits(family.space.max()).values()) == {32}
+    assert "bits" not in family.idle(arch)  # the shared dimension is idle only with every layer gone
+    with pytest.raises(ValueError, match="bits_shared: one bits dimension for every layer needs the same bit-widths"):
+        shared_bits_family(bits_layers={"4": (4,)})
+    with pytest.raises(ValueError, match="bits_shared: .*set bits or bits_layers too"):
+        onefit.ElasticConfig(bits_shared=True)
+
+
+def test_training_observes_activation_ranges_itself_before_and_after_every_epoch():
+    family = shared_bits_family()
+    quantizer = family.module.get_submodule("0.1.0").input_quant
+    assert not quantizer.observed  # no calibrate_ call: training starts without ranges
+    data = [(X, Y)] * 2
+    onefit.train(family, data, epochs=1, progress=False)
+    first = quantizer.max_val.item()
+    family.eval()
+    with torch.no_grad(), family.activate(family.space.max()):
+        before = family(X)
+    calibrate_(family, [X])  # the range of the trained weights, as observed once more: unchanged
+    assert quantizer.max_val.item() == pytest.approx(first)
+    with torch.no_grad(), family.activate(family.space.max()):
+        assert torch.equal(family(X), before)
+
+
+def test_an_int8_file_of_a_quantization_aware_sub_model_rounds_inputs_as_the_family_trained(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import numpy_helper
+
+    family = calibrate_(shared_bits_family().eval(), [X])
+    sub = family.extract({**family.space.max(), "bits": 8})
+    report = onefit.export(sub, tmp_path / "q8.onnx", (X[:4],), quantize="int8", calibration=[X], reduce_range=False)
+    assert report.cosine >= 0.999  # against the sub-model's own fake quantization
+    graph = onnx.load(str(tmp_path / "q8.onnx")).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv = next(n for n in graph.node if n.op_type == "Conv" and "0.1.0" in n.name)
+    dequantize = next(n for n in graph.node if n.output[0] == conv.input[0])
+    expected = family.module.get_submodule("0.1.0").input_quant.qparams()
+    assert values[dequantize.input[1]] == pytest.approx(expected[0].item())  # the family's scale, not a new one
+    assert int(values[dequantize.input[2]]) == int(expected[1])
+    assert not any(n.op_type == "QuantizeLinear" and "layer" in n.name for n in graph.node)  # one rounding per input

@@ -75,6 +75,10 @@ class ElasticConfig:
     ``bits:<layer>`` dimension; 32 (full precision) is always a choice; None: no bits dimensions.
     bits_layers: overrides as ``{pattern: bit-widths}``, first match wins; ``(32,)`` keeps a layer
     in full precision, and an override gives a layer bits dimensions even when ``bits`` is None.
+    bits_shared: one ``bits`` dimension for every layer with bit-width choices instead of one per
+    layer: a sub-model is quantized as a whole or not at all, as a runtime deploys int8 (with
+    ``bits=(8,)`` and ``activation_bits=8``, 8-bit quantization-aware training of every sub-model for
+    ONNX Runtime's and OpenVINO's int8 scheme). Every such layer must offer the same bit-widths.
     activation_bits: None quantizes weights only; a bit-width (2 to 8) also fake-quantizes the
     input of every layer whose weights run below 32 bits, per tensor over a calibrated range
     (``onefit.elastic.quant.calibrate_``).
@@ -107,6 +111,7 @@ class ElasticConfig:
     bits: tuple[int, ...] | None = None
     bits_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
     activation_bits: int | None = None
+    bits_shared: bool = False
     rank: tuple[float, ...] | None = None
     rank_layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
     kernel: tuple[int, ...] | None = None
@@ -148,6 +153,9 @@ class ElasticConfig:
         object.__setattr__(self, "kernel_layers", tuple(str(p) for p in self.kernel_layers))
         if self.activation_bits is not None:
             self._check_activation_bits()
+        if self.bits_shared and self.bits is None and not self.bits_layers:
+            raise ValueError("ElasticConfig.bits_shared: shares the bits dimension of layers with low-bit weights; "
+                             "set bits or bits_layers too")
 
     def _check_activation_bits(self) -> None:
         where = "ElasticConfig.activation_bits"

@@ -24,6 +24,7 @@ from onefit.elastic.ties import tied_layers
 from onefit.space import Dimension
 
 FULL = 32
+SHARED = "bits"  # the one dimension of ElasticConfig(bits_shared=True)
 
 
 def param_bytes(module: nn.Module, params: int, n_out: int, bits: int) -> int:
@@ -45,15 +46,29 @@ class BitsKind(Kind):
         family.quantizable = [layer.name for layer in family.plan.layers.values() if layer.kind != "other"
                               and layer.name not in tied
                               and getattr(family.module.get_submodule(layer.name), "quantizable", False)]
-        family.config.check_patterns("bits_layers", family.config.bits_layers, family.quantizable)
-        return [Dimension(f"bits:{name}", "bits", family.config.bits_choices(name)) for name in family.quantizable]
+        config = family.config
+        config.check_patterns("bits_layers", config.bits_layers, family.quantizable)
+        dims = [Dimension(f"bits:{name}", "bits", config.bits_choices(name)) for name in family.quantizable]
+        if not config.bits_shared:
+            return dims
+        choices = {d.choices for d in dims if len(d.choices) > 1}
+        if len(choices) > 1:
+            raise ValueError(f"ElasticConfig.bits_shared: one bits dimension for every layer needs the same "
+                             f"bit-widths in each; the layers offer {sorted(choices)}")
+        return [Dimension(SHARED, "bits", choices.pop())] if choices else []
+
+    @staticmethod
+    def _dim(family, name: str) -> str:
+        """The dimension that sets layer ``name``'s bits: its own, or the shared one (``bits_shared``)."""
+        shared = family.config.bits_shared and len(family.config.bits_choices(name)) > 1
+        return SHARED if shared else f"bits:{name}"
 
     def finish_(self, family) -> None:
         """With ``activation_bits``, every layer with a bits dimension gets an input quantizer."""
         if family.config.activation_bits is None:
             return
         for name in family.quantizable:
-            if f"bits:{name}" in family.space.names:
+            if self._dim(family, name) in family.space.names:
                 layer = family.module.get_submodule(name)
                 layer.input_quant = ActivationQuantizer(family.config.activation_bits, name).to(layer.weight.device)
 
@@ -61,14 +76,18 @@ class BitsKind(Kind):
         """Bit-width of every layer with a bits dimension in ``arch``, leaving out the layers in
         blocks ``arch`` skips (they are not in the sub-model)."""
         skipped = family.skipped(arch)  # completes the arch itself
-        return {name: arch[f"bits:{name}"] for name in family.quantizable
-                if f"bits:{name}" in arch and not f"{name}.".startswith(skipped)}
+        return {name: arch[dim] for name in family.quantizable
+                if (dim := self._dim(family, name)) in arch and not f"{name}.".startswith(skipped)}
 
     def settings(self, family, arch):
         return [(family.module.get_submodule(name), "active_bits", b) for name, b in self.values(family, arch).items()]
 
     def idle(self, family, arch, gone):
-        return {f"bits:{n}" for n in family.quantizable if gone(n)}
+        dims: dict[str, bool] = {}  # dimension -> every layer it sets is gone
+        for name in family.quantizable:
+            dim = self._dim(family, name)
+            dims[dim] = dims.get(dim, True) and gone(name)
+        return {dim for dim, idle in dims.items() if idle}
 
     def extract_layer(self, family, name, plain, arch):
         bits = self.values(family, arch)
@@ -81,5 +100,5 @@ class BitsKind(Kind):
                 row["bytes"] = param_bytes(family.module.get_submodule(name), row["params"], row["n_out"], bits)
 
     def columns(self, family, name):
-        dim = f"bits:{name}"
+        dim = self._dim(family, name)
         return {"bits": (f"{dim} {family.space[dim].choices}", True)} if dim in family.space.names else {}

@@ -19,6 +19,7 @@ tensor([[ 1., -1.,  0.]])
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Iterable, Iterator
 
 import torch
@@ -173,6 +174,25 @@ def weight_layer(module: nn.Module) -> nn.Module:
             and hasattr(module, "zero_point") and not hasattr(module, "weight"):
         return inner
     return module
+
+
+def without_input_quantization(module: nn.Module) -> tuple[nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """A copy of ``module`` (an extracted sub-model of a family with ``activation_bits``) with each
+    layer out of its input quantization, and each such layer's ``(scale, zero point)``: what an int8
+    runtime needs to quantize those inputs itself, as the family trained them
+    (``onefit.export.quantize.input_overrides``)."""
+    plain = copy.deepcopy(module)
+    ranges = {}
+    for name, child in list(plain.named_modules()):
+        inner = weight_layer(child)
+        if inner is not child:
+            ranges[name] = (child.scale.detach().clone(), child.zero_point.detach().clone())
+            if name:
+                parent, _, attr = name.rpartition(".")
+                setattr(plain.get_submodule(parent), attr, inner)
+            else:
+                plain = inner
+    return plain, ranges
 
 
 def quantize_plain(plain: nn.Module, elastic: nn.Module, bits: int) -> nn.Module:

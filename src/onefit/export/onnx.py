@@ -214,7 +214,8 @@ def export(
     32-bit ones stay fp32; a layer below 8 bits is refused, since ONNX Runtime has no sub-8-bit
     kernels. Without ``quantize`` the file holds fp32 values that carry the quantized levels.
     """
-    from onefit.export.quantize import excluded_nodes, quantize_int8
+    from onefit.elastic.quant import without_input_quantization
+    from onefit.export.quantize import excluded_nodes, input_overrides, quantize_int8
 
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
@@ -229,18 +230,27 @@ def export(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
 
-    model_bytes, used = _export_fp32(module, examples, exporter)
+    # int8 of a sub-model that fake-quantizes its layers' inputs: the plain layers go to the runtime's
+    # quantizer with those inputs' trained ranges, and the int8 file is checked against the sub-model
+    ranges = {}
+    graph_module = module
+    if quantize == "int8" and _rounds_activations(module):
+        graph_module, ranges = without_input_quantization(module)
+    model_bytes, used = _export_fp32(graph_module, examples, exporter)
     inputs = parity_inputs(examples, eval_data if eval_data is not None else calibration)
-    # before int8 the fp32 graph is checked by cosine alone: a fake-quantized sub-model rounds its
-    # activations, and a rounding that flips on float noise moves one output by a quantization step
-    max_err, cosine = verify(_runnable(model_bytes, module), module, inputs, atol=None if quantize else atol,
-                             floor=0.99999 if min_cosine is None or quantize else min_cosine,
+    # a sub-model that fake-quantizes its activations (and any graph before int8) is checked by
+    # cosine alone: a rounding that flips on float noise moves an activation by a quantization step
+    rounds = quantize is not None or _rounds_activations(graph_module)
+    floor = ROUNDING_COSINE if _rounds_activations(graph_module) else 0.99999
+    max_err, cosine = verify(_runnable(model_bytes, module), graph_module, inputs, atol=None if rounds else atol,
+                             floor=floor if min_cosine is None or quantize else min_cosine,
                              what=f"{type(module).__name__} (fp32)")
     method = "fp32"
     session = None
     if quantize == "int8":
         exclude = () if bits is None else excluded_nodes(model_bytes, bits)
-        model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude, reduce_range)
+        overrides = input_overrides(model_bytes, ranges) if ranges else None
+        model_bytes, method = quantize_int8(model_bytes, examples, calibration, exclude, reduce_range, overrides)
         session = _runnable(model_bytes, module)
         # the fp32 graph is verified on every input above; the int8 one within its own tolerance,
         # on the inputs it was calibrated for (random batches leave its calibrated ranges)
@@ -253,6 +263,17 @@ def export(
         report.accuracy = accuracy_change(module, session or _runnable(model_bytes, module), eval_data, task)
     _write_atomic(path, model_bytes)
     return report
+
+
+ROUNDING_COSINE = 0.999  # the fp32 graph of a sub-model that rounds its activations (ElasticConfig activation_bits)
+
+
+def _rounds_activations(module: nn.Module) -> bool:
+    """Whether ``module`` runs a layer behind fake quantization of its input (an extracted sub-model
+    of a family with ``activation_bits``)."""
+    from onefit.elastic.quant import weight_layer
+
+    return any(weight_layer(m) is not m for m in module.modules())
 
 
 def _runnable(model_bytes: bytes, module: nn.Module):

@@ -51,10 +51,19 @@ LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 def _module_name(node_name: str) -> str:
     """The PyTorch module a torchscript-exported node came from: "/stages/stages.0/stages.0.0/conv1/Conv"
-    -> "stages.0.0.conv1" (a scope is a container's full name, or a child's attribute name)."""
-    name = ""
+    -> "stages.0.0.conv1", "/stages/stages.1/stages.1.0/shortcut/shortcut.0/Conv" -> "stages.1.0.shortcut.0" (a
+    scope is an attribute's name, or a container's scope with its child's index).
+
+    >>> _module_name("/stages/stages.1/stages.1.0/shortcut/shortcut.0/Conv")
+    'stages.1.0.shortcut.0'
+    """
+    name = previous = ""
     for scope in node_name.strip("/").split("/")[:-1]:
-        name = scope if not name or scope.startswith(name + ".") else f"{name}.{scope}"
+        if previous and scope.startswith(previous + "."):  # a container's child: "shortcut" -> "shortcut.0"
+            name += scope[len(previous):]
+        else:  # an attribute of the module above
+            name = f"{name}.{scope}" if name else scope
+        previous = scope
     return name
 
 
@@ -85,10 +94,35 @@ def excluded_nodes(model_bytes: bytes, bits: Mapping[str, int]) -> list[str]:
     return [n for n in nodes if bits.get(layers[n], 32) != 8]
 
 
+def input_overrides(model_bytes: bytes, ranges: Mapping[str, tuple]) -> dict[str, list[dict]]:
+    """ONNX Runtime's ``TensorQuantOverrides`` that quantize the input of each layer of ``ranges``
+    (layer name -> (scale, zero point), a family's trained activation ranges) with that scale and
+    zero point instead of ranges calibrated anew: the int8 file rounds each layer's input to the
+    levels the family trained with. Raises if a layer of ``ranges`` has no node."""
+    import onnx
+
+    from onefit.export.onnx import ExportError
+
+    nodes = [n for n in onnx.load_from_string(model_bytes).graph.node if n.op_type in LAYER_OPS]
+    overrides, found = {}, set()
+    for node in nodes:
+        name = _layer_name(node.name, ranges)
+        if name in ranges:
+            scale, zero_point = ranges[name]
+            overrides[node.input[0]] = [{"scale": np.asarray(scale, dtype=np.float32).reshape(()),
+                                         "zero_point": np.asarray(zero_point, dtype=np.uint8).reshape(())}]
+            found.add(name)
+    if missing := sorted(set(ranges) - found):
+        raise ExportError(f"cannot find the ONNX nodes of layers {missing} to give them their activation ranges")
+    return overrides
+
+
 def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | None,
-                  exclude: Sequence[str] = (), reduce_range: bool = True) -> tuple[bytes, str]:
+                  exclude: Sequence[str] = (), reduce_range: bool = True,
+                  overrides: Mapping[str, list] | None = None) -> tuple[bytes, str]:
     """Return the int8 model's bytes and the method used ("static-qdq" or "dynamic"); the nodes
-    named in ``exclude`` stay in fp32.
+    named in ``exclude`` stay in fp32; ``overrides`` (``input_overrides``) fix the quantization of
+    the tensors they name (static QDQ only).
 
     reduce_range: weights on 7 bits. x86 CPUs without VNNI (AVX2 only) multiply u8 activations by
     s8 weights in 16-bit pairs that saturate with full-range weights: on an AMD EPYC the digits
@@ -120,7 +154,8 @@ def quantize_int8(model_bytes: bytes, examples: tuple, calibration: Iterable | N
 
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            reduce_range=reduce_range, nodes_to_exclude=list(exclude))
+                            reduce_range=reduce_range, nodes_to_exclude=list(exclude),
+                            extra_options={"TensorQuantOverrides": dict(overrides or {})})
             return dst.read_bytes(), "static-qdq"
         # Per-channel weight scales: on MiniLM, embedding cosine to fp32 goes from ~0.94 to ~0.98+.
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,

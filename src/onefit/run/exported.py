@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from onefit.checkpoint import atomic_write
+from onefit.dims.bits import SHARED
 from onefit.progress import progress_bar
 from onefit.report.tables import spread
 from onefit.run.job import Job, JobError
@@ -79,7 +80,7 @@ def _sha256(path: Path) -> str:
 
 
 def _has_bits(family) -> bool:
-    return any(d.name.startswith("bits:") for d in family.space)
+    return any(d.kind == "bits" for d in family.space)
 
 
 MODULE_RUNTIMES = ("eager", "compile")  # timed on the PyTorch module itself; the others build files
@@ -94,7 +95,16 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
     from onefit.train.bn import recalibrate_bn
 
     arch, targets = pick["arch"], job.config.targets
-    module = recalibrate_bn(family.extract(arch), job.splits.calibration, task=job.task)
+    modules: dict[str, torch.nn.Module] = {}
+
+    def sub_model(precision: str = "fp32") -> tuple[dict, torch.nn.Module]:
+        at = precision_arch(family, arch, precision)
+        key = json.dumps(at, sort_keys=True)
+        if key not in modules:
+            modules[key] = recalibrate_bn(family.extract(at), job.splits.calibration, task=job.task)
+        return at, modules[key]
+
+    module = sub_model()[1]
     examples = job.example_inputs
     threads = targets.threads or torch.get_num_threads()
     reduce_range, _ = int8_weights()
@@ -114,17 +124,19 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
         target_runtime = runtime(name)
         for precision in targets.precisions:
             stem = models / f"{pick['name']}-{name}-{precision}"
+            at, built_from = sub_model(precision)
             try:
-                built = target_runtime.build(module, stem, precision, examples=examples,
+                built = target_runtime.build(built_from, stem, precision, examples=examples,
                                              calibration=job.splits.calibration, eval_data=job.splits.test,
                                              task=job.task, reduce_range=reduce_range,
-                                             bits=family.bits(arch) if _has_bits(family) else None)
+                                             bits=family.bits(at) if _has_bits(family) else None)
             except (ExportError, ValueError) as err:
                 if precision == "fp32":
                     raise JobError(f"export: {pick['name']} on {name} ({arch}) failed: {err}") from err
                 entry["left_out"].append({"file": stem.name, "runtime": name, "precision": precision, "why": str(err)})
                 continue
             entry["files"].append({"file": built.path.name, "runtime": name, "precision": precision,
+                                   **({"bits": at[SHARED]} if at is not arch else {}),
                                    "bytes": sum(p.stat().st_size for p in built.files),
                                    "sha256": _sha256(built.path), "method": built.method,
                                    "max_abs_error": built.max_abs_error, "cosine": built.cosine,
@@ -135,6 +147,24 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
                 entry["latency"].append({"runtime": name, "precision": precision, **latency.to_json()})
     entry["faster"] = faster_precision(entry["latency"])
     return entry
+
+
+def precision_arch(family, arch: dict, precision: str) -> dict:
+    """The sub-model a file of ``precision`` is built from: ``arch`` itself, or, for a family with one
+    shared bits dimension offering 8 bits (``ElasticConfig(bits=(8,), activation_bits=8,
+    bits_shared=True)``), ``arch`` at 8 bits for int8 (the family's quantization-aware trained
+    sub-model, its trained activation ranges given to the runtime) and at 32 for fp32.
+
+    >>> import torch, onefit
+    >>> config = onefit.ElasticConfig(width=(1.0,), depth=False, bits=(8,), bits_shared=True)
+    >>> family = onefit.elasticize(onefit.zoo.mlp(hidden=8, layers=1), (torch.randn(1, 1, 8, 8),), config)
+    >>> [precision_arch(family, family.space.min(), p)["bits"] for p in ("fp32", "int8")]
+    [32, 8]
+    """
+    dims = family.space.names
+    if SHARED in dims and 8 in family.space[SHARED].choices:
+        return {**arch, SHARED: 8 if precision == "int8" else 32}
+    return arch
 
 
 def faster_precision(latencies: list[dict]) -> dict[str, str]:

@@ -9,6 +9,7 @@ schedule, optional gradient noise, a check of every batch, and resumable checkpo
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -24,6 +25,7 @@ from onefit.progress import progress_bar
 from onefit.saved import restore_
 from onefit.tasks import ClassificationTask, Task, first_output
 from onefit.train import distributed, rng
+from onefit.train.bn import BN_BATCHES
 from onefit.train.noise import GradientNoise
 from onefit.train.recipe import Recipe
 from onefit.train.sorted import SortedNetRecipe
@@ -119,6 +121,8 @@ def train(
         # sub-models, whatever each rank did with the loader before (a data check, say)
         rng.restore(distributed.broadcast_object(rng.capture(recipe, data)), recipe, data)
         stepper = distributed.SyncedOptimizer(stepper, group.world)
+    if family is not None and start == 0:
+        _observe_ranges(family, data)
     target.train(recipe.train_mode)
     with progress_bar(progress and (group is None or group.leader)) as bar:  # one bar, rank 0's
         job = bar.add_task(f"training {'family' if family is not None else 'model'}",
@@ -147,12 +151,29 @@ def train(
                 **({"task": task.name} if task.name != "classification" else {}),
                 **({"gradient_noise": gradient_noise} if gradient_noise else {}),
             })
+            if family is not None:
+                _observe_ranges(family, data)
             if checkpoint is not None and (group is None or group.leader):
                 save_family(family, checkpoint, optimizer, _progress(recipe, epoch + 1, data, noise))
             if group is not None:  # the others go on once the checkpoint is whole
                 distributed.barrier()
     target.eval()
     return history
+
+
+def _observe_ranges(family: Family, data) -> None:
+    """A family that quantizes activations (``ElasticConfig(activation_bits=...)``): their ranges
+    observed anew on the first ``BN_BATCHES`` batches, at the largest sub-model in full precision,
+    before training and after every epoch, so that quantization-aware training sees ranges that
+    follow the weights as they learn (and a family needs no separate calibration before training)."""
+    from onefit.elastic.quant import ActivationQuantizer, calibrate_
+
+    quantizers = [m for m in family.modules() if isinstance(m, ActivationQuantizer)]
+    if not quantizers:
+        return
+    for quantizer in quantizers:
+        quantizer.reset()
+    calibrate_(family, itertools.islice(data, BN_BATCHES))
 
 
 def set_cosine_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
