@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/continual_inference.py --channels 256
 	$(PY) bench/adapters.py
 	$(PY) bench/adapters.py --target-images 250 --stem adapters_250_images
+	$(PY) bench/qat_int8.py
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py

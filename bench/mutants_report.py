@@ -76,6 +76,12 @@ EQUIVALENT: dict[str, str] = {
         "getattr default None for (): both are falsy, so a class without names is refused the same way",
 }
 
+# More of them, one JSON object {mutant: reason} (the survivors of the run over coupling.py, onnx.py and the
+# later core files, judged one by one).
+EQUIVALENT_FILE = Path(__file__).with_name("mutants_equivalent.json")
+if EQUIVALENT_FILE.exists():
+    EQUIVALENT.update(json.loads(EQUIVALENT_FILE.read_text()))
+
 
 def status(code: int | None) -> str:
     if code is None:

@@ -83,3 +83,21 @@ def test_a_gpt2_language_model_keeps_its_tied_head_through_extraction_and_a_chec
     again = onefit.saved.restore_(onefit.elasticize(model, (ids[:1],)), tmp_path)
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_an_embedding_called_by_keyword_is_elastic_like_a_positional_one():
+    class Keyword(nn.Module):  # nn.Embedding's own keyword: input=
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(20, 16), nn.Linear(16, 4)
+
+        def forward(self, ids):
+            return self.out(self.emb(input=ids)).mean(1)
+
+    torch.manual_seed(0)
+    model, ids = Keyword().eval(), torch.randint(0, 20, (2, 5))
+    family = onefit.elasticize(model, (ids,), onefit.ElasticConfig(width=(0.5, 1.0), depth=False))
+    arch = family.space.min()
+    with torch.no_grad(), family.activate(arch):
+        assert torch.equal(family(ids), family.extract(arch)(ids))
+    assert torch.allclose(family.extract(family.space.max())(ids), model(ids))

@@ -53,9 +53,9 @@ class ElasticEmbedding(ElasticLayer, nn.Embedding):
     def cost(self, kind: str, n_in: int, n_out: int, positions) -> tuple[int, int]:
         return n_in * n_out, 0  # a lookup: parameters, no multiply-adds
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.active_out is None else self.weight[:, : self.active_out]
-        return F.embedding(ids, weight, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return F.embedding(input, weight, self.padding_idx, None, self.norm_type, self.scale_grad_by_freq, self.sparse)
 
     def to_plain(self, in_size: int, out_size: int) -> nn.Embedding:
         plain = nn.Embedding(self.num_embeddings, out_size, padding_idx=self.padding_idx,
