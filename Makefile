@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := $(PY) -m pip install --quiet -c constraints.txt
 STAMP   := .venv/.installed
 
-.PHONY: demo test bench coverage mutants clean
+.PHONY: demo test bench bench-smoke coverage mutants clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -21,7 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# the longest benchmark smoke runs (a minute and a half), kept out of make test's 10 minutes
+bench-smoke: $(STAMP)
+	$(PY) -m pytest -q -m bench tests/test_bench_smoke.py
+
+bench: bench-smoke
 	$(PY) bench/nested_vs_individual.py
 	$(PY) bench/gradient_noise.py
 	$(PY) bench/kernel.py

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 import nested_vs_individual  # noqa: E402
 
 
+@pytest.mark.bench
 def test_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     result = nested_vs_individual.main(["--quick", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "nested_vs_individual.json").read_text())
@@ -108,6 +109,7 @@ def test_the_example_configs_benchmark_quick_run_writes_json_and_markdown(tmp_pa
     assert "| stage | seconds | result |" in (tmp_path / "run_examples.md").read_text()
 
 
+@pytest.mark.bench
 def test_the_llm_benchmark_quick_runs_write_json_and_markdown(tmp_path):
     pytest.importorskip("transformers")
     import llm
@@ -122,6 +124,7 @@ def test_the_llm_benchmark_quick_runs_write_json_and_markdown(tmp_path):
     assert "cut, no training" in (tmp_path / "llm_minilm.md").read_text()
 
 
+@pytest.mark.bench
 def test_continual_and_adapter_benchmarks_quick_runs_write_json_and_markdown(tmp_path):
     import adapters
     import continual_inference
