@@ -240,8 +240,9 @@ def export(
     inputs = parity_inputs(examples, eval_data if eval_data is not None else calibration)
     # a sub-model that fake-quantizes its activations (and any graph before int8) is checked by
     # cosine alone: a rounding that flips on float noise moves an activation by a quantization step
-    rounds = quantize is not None or _rounds_activations(graph_module)
-    floor = ROUNDING_COSINE if _rounds_activations(graph_module) else 0.99999
+    fake_quantized = _rounds_activations(graph_module)
+    rounds = quantize is not None or fake_quantized
+    floor = ROUNDING_COSINE if fake_quantized else 0.99999
     max_err, cosine = verify(_runnable(model_bytes, module), graph_module, inputs, atol=None if rounds else atol,
                              floor=floor if min_cosine is None or quantize else min_cosine,
                              what=f"{type(module).__name__} (fp32)")
