@@ -455,3 +455,32 @@ def test_heads_split_from_a_grouped_convolution_keep_its_whole_groups():
     (dim,) = [d for d in family.space if d.name == group.name]
     sub = _extraction_matches(family, model, (x,), {dim.name: min(dim.choices)})
     assert sub.grouped.out_channels == 8
+
+
+class _JoinedProduct(nn.Module):
+    """Two branches joined along the channels, then a product batched over those channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 2, 3, padding=1)
+        self.mix, self.head = nn.Conv2d(6, 8, 1), nn.Linear(8, 3)
+
+    def forward(self, x):
+        joined = torch.cat([self.a(x), self.b(x)], 1)
+        scores = joined @ joined.transpose(-1, -2)  # batched over the 6 channels
+        return self.head(torch.relu(self.mix(scores)).mean((2, 3)))
+
+
+def test_a_product_of_a_concatenation_counts_its_whole_cost_at_every_width():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model, x = _JoinedProduct().eval(), torch.randn(1, 1, 5, 5)
+    family = onefit.elasticize(model, (x,))
+    assert family.plan.ops and all(op.group is None for op in family.plan.ops)  # the join is kept whole
+    assert "width:mix" in family.space.names
+    for arch in (family.space.min(), family.space.max()):
+        sub = _extraction_matches(family, model, (torch.randn(2, 1, 5, 5),), arch)
+        with FlopCounterMode(display=False) as flops, torch.no_grad():
+            sub(x)
+        assert onefit.costs(family, arch)["macs"] == flops.get_total_flops() // 2

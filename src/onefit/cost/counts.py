@@ -89,9 +89,9 @@ def costs(family, arch: Mapping[str, Any]) -> dict[str, int]:
     weight_bytes = sum(r["bytes"] for r in rows)
     widths = family.widths(arch)
     for op in family.plan.ops:  # attention products: they scale with the number of heads
-        group = family.plan.groups.get(op.group)
-        if group is not None and not f"{op.owner}.".startswith(skipped):
-            macs += op.macs * widths[op.group] // group.size
+        group = family.plan.groups.get(op.group)  # None: a fixed cost (the op reads a concatenation)
+        if not f"{op.owner}.".startswith(skipped):
+            macs += op.macs if group is None else op.macs * widths[op.group] // group.size
     counted = {names[0] for names in family.plan.tied  # a tied weight a bound layer holds is in its row
                if any(_bound(split_name(n)[0], family.plan.layers) for n in names)}
     for name, param in family.module.named_parameters():

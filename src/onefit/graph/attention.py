@@ -52,6 +52,12 @@ def merge_heads(chan, in_shape: tuple, out_shape: tuple, sizes: list):
     return replace(chan, axis=len(out_shape) - 1, head=1)
 
 
+def _scaling_group(chan) -> int | None:
+    """The group an op's cost scales with; None (a fixed cost) for a concatenation, which the
+    union has frozen whole."""
+    return None if chan.segments else chan.group
+
+
 def _batch_axis_from_end(chan, shape: tuple) -> int | None:
     """How far from the end the chan's axis is, if it is a batch axis of a matmul (not the last two)."""
     k = len(shape) - chan.axis
@@ -70,7 +76,7 @@ def matmul(walker, node: fx.Node, shape) -> object:
         return walker.unknown(node, "matmul that mixes channels")
     walker.union(ca, cb, f"matmul ({node.name})")
     out = shape(node)
-    walker.ops.append(OpCost(_owner(node), ca.group, math.prod(out[1:]) * shape(a)[-1]))
+    walker.ops.append(OpCost(_owner(node), _scaling_group(ca), math.prod(out[1:]) * shape(a)[-1]))
     return replace(ca, axis=len(out) - ka)
 
 
@@ -86,7 +92,7 @@ def attention(walker, node: fx.Node, shape) -> object:
     walker.union(chans[0], chans[1], f"attention ({node.name})")
     walker.union(chans[0], chans[2], f"attention ({node.name})")
     qs, ks = shape(q), shape(k)
-    walker.ops.append(OpCost(_owner(node), chans[0].group, 2 * math.prod(qs[1:-1]) * ks[-2] * qs[-1]))
+    walker.ops.append(OpCost(_owner(node), _scaling_group(chans[0]), 2 * math.prod(qs[1:-1]) * ks[-2] * qs[-1]))
     return chans[0]
 
 

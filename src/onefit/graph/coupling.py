@@ -41,11 +41,11 @@ from onefit.graph.trace import full_index, node_shape as _shape, op_name as _op_
 
 @dataclass(frozen=True)
 class _Chan:
-    group: int
+    group: int | None  # None for a concatenation, which has no single group
     axis: int
     unit: int = 1  # features per channel along the axis (a flattened C x H x W map has H*W)
     head: int = 1  # channels per index along the axis (d after a split into heads of d channels)
-    # A concatenation: ((group or None for a fixed part, full size), ...); then `group` is unused
+    # A concatenation: ((group or None for a fixed part, full size), ...)
     segments: tuple = ()
 
 
@@ -504,7 +504,7 @@ class _Walker:
                 segments += chan.segments or [(chan.group, size)]
         if all(g is None for g, _ in segments):
             return None
-        return _Chan(-1, dim % out_ndim, segments=tuple(segments))
+        return _Chan(None, dim % out_ndim, segments=tuple(segments))
 
     def permute(self, node: fx.Node, op: str) -> _Chan | None:
         x = node.args[0]
@@ -532,7 +532,7 @@ class _Walker:
                 groups[g] = Group(g, self.size[g], self.multiple.get(g, 1), self.frozen.get(g), kind=kind)
             if g is not None and layer.kind in ("linear", "conv", "mha", "embedding"):
                 groups[g].producers.append(layer.name)
-        ops = [replace(op, group=self.root(op.group)) for op in self.ops]
+        ops = [replace(op, group=None if op.group is None else self.root(op.group)) for op in self.ops]
         return Plan(groups, self.layers, stages, self.notes, ops)
 
 

@@ -79,10 +79,11 @@ class StagePlan:
 
 @dataclass
 class OpCost:
-    """Multiply-adds of a weightless op (an attention product) that scale with one group's width."""
+    """Multiply-adds of a weightless op (an attention product) that scale with one group's width
+    (``group``), or of a fixed cost (``group`` None: the op reads a concatenation)."""
 
     owner: str  # the module whose forward runs it, to skip it with its block
-    group: int
+    group: int | None
     macs: int  # per sample, at the group's full width
 
 
