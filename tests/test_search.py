@@ -14,6 +14,7 @@ import pytest
 from onefit.report.plots import plot_front
 from onefit.search import (Front, Metric, NSGA2Search, PredictorSearch, Problem, RandomSearch, SearchError,
                            StudyError, search)
+from onefit.search.base import Trial
 from onefit.search.predictor import PREDICTORS
 from onefit.search.problem import toy_problem
 from onefit.space import Dimension, Space
@@ -244,3 +245,59 @@ def test_processes_creating_one_new_study_at_once_all_open_it(tmp_path):
              for _ in range(4)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(e for e in errors if e)[-2000:]
+
+
+def _timed_problem(error: float, constraints=None, estimate=True):
+    """``loss`` falls with ``a``, ``ms`` rises with it; ``ms`` is a costly measurement with an
+    estimate off by up to ``error`` (each arch its own deterministic factor), given with a margin
+    of 1.5 times that; calls of the measurement are counted."""
+    space = Space([Dimension("a", "width", tuple(range(1, 13))), Dimension("b", "depth", (1, 2, 3))])
+    calls = []
+
+    def ms(arch):
+        calls.append(dict(arch))
+        return float(arch["a"] * arch["b"])
+
+    def guess(arch):
+        factor = 1 + error * math.sin(7 * arch["a"] + 3 * arch["b"])  # within +-error, never exact
+        return arch["a"] * arch["b"] * factor, 1.5 * error
+    metrics = {"loss": Metric(lambda a: 1.0 / a["a"] + 0.3 * (a["b"] == 3), cheap=True),
+               "ms": Metric(ms, estimate=guess if estimate else None)}
+    return Problem(space, metrics, ("loss", "ms"), constraints), calls
+
+
+def test_a_costly_metric_is_measured_only_where_it_can_change_the_front():
+    """Predictions within their margin: every arch on the front of all 36 is measured, the front is
+    the one measuring everything gives, and the archs that even the prediction's optimistic end
+    leaves dominated, or over the bound, are not measured."""
+    archs = [{"a": a, "b": b} for b in (1, 2, 3) for a in range(12, 0, -1)]
+    plain, _ = _timed_problem(0.2, estimate=False)
+    everything = Front([plain.evaluate(a) for a in archs], plain.objectives)
+    problem, calls = _timed_problem(0.2)
+    trials = [problem.evaluate(a) for a in archs]
+    front = Front(trials, problem.objectives)
+    assert [t.arch for t in front] == [t.arch for t in everything] and all(not t.predicted for t in front)
+    predicted = [t for t in trials if t.predicted]
+    # b = 2 and 3: at least 1.4 and 2.1 x the time of b = 1 for no better loss
+    assert len(predicted) == 24 and calls == archs[:12] and all(t.predicted == ("ms",) for t in predicted)
+    assert all(t.metrics["ms"] != t.arch["a"] * t.arch["b"] for t in predicted)  # the prediction is kept
+    assert Trial.from_json(json.loads(json.dumps(predicted[0].to_json()))).predicted == ("ms",)
+
+    bounded, calls = _timed_problem(0.1, constraints={"ms": 6.0})
+    over = bounded.evaluate({"a": 12, "b": 1})  # predicted at least 10.8 ms: over the bound whatever it is
+    near = bounded.evaluate({"a": 6, "b": 1})  # could be under: measured
+    assert over.predicted == ("ms",) and over.violation > 0 and near.predicted == () and calls == [{"a": 6, "b": 1}]
+
+
+def test_without_a_prediction_every_arch_is_measured_and_a_resumed_search_judges_by_the_loaded_trials(tmp_path):
+    problem, calls = _timed_problem(0.2)
+    problem.metrics["ms"] = Metric(problem.metrics["ms"].fn, estimate=lambda arch: None)  # no model fitted yet
+    assert [problem.evaluate({"a": a, "b": 3}).predicted for a in (12, 1)] == [(), ()] and len(calls) == 2
+
+    db = tmp_path / "study.db"
+    first, _ = _timed_problem(0.2)
+    shallow = next(t for t in search(first, RandomSearch(seed=0), budget=20, storage=db, progress=False)
+                   if t.arch["b"] == 1)
+    again, calls = _timed_problem(0.2)  # a new process: what it knows comes from the study
+    search(again, RandomSearch(seed=1), budget=20, storage=db, progress=False)  # nothing left to evaluate
+    assert calls == [] and again.evaluate({**shallow.arch, "b": 3}).predicted == ("ms",) and calls == []

@@ -35,6 +35,7 @@ class Trial:
     values: the objectives in the problem's order, all minimised; None when the evaluation failed.
     violation: how far the constraints are exceeded, summed relative to each bound (0: feasible).
     metrics: every figure measured (objectives, constraint metrics, anything else).
+    predicted: the metrics whose value is a prediction, not a measurement (``Metric.estimate``).
     """
 
     arch: Arch
@@ -43,6 +44,7 @@ class Trial:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None  # why the evaluation failed
+    predicted: tuple[str, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -55,13 +57,14 @@ class Trial:
     def to_json(self) -> dict:
         return {"arch": dict(self.arch), "values": None if self.values is None else list(self.values),
                 "violation": self.violation, "metrics": dict(self.metrics), "seconds": self.seconds,
-                "error": self.error}
+                "error": self.error, **({"predicted": list(self.predicted)} if self.predicted else {})}
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Trial":
         values = data.get("values")
         return cls(dict(data["arch"]), None if values is None else tuple(values), data.get("violation", 0.0),
-                   dict(data.get("metrics", {})), data.get("seconds", 0.0), data.get("error"))
+                   dict(data.get("metrics", {})), data.get("seconds", 0.0), data.get("error"),
+                   tuple(data.get("predicted", ())))
 
 
 def failed_values(values: tuple[float, ...]) -> str | None:

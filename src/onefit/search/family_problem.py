@@ -9,7 +9,8 @@ Metrics:
 - ``latency_ms``: a ``LatencyModel``'s prediction (cheap), when one is given or saved with the
   family; ``latency="measure"`` measures each sub-model on ONNX Runtime instead (not cheap);
 - ``latency_ms@bN`` (``latency_ms@b1``, ``latency_ms@b64``, ...): as an objective or constraint,
-  each sub-model measured on ONNX Runtime at batch N.
+  measured on ONNX Runtime at batch N for the sub-models that matter, and predicted for the rest
+  by a latency model fitted from those measurements (``Trial.predicted`` says which).
 """
 
 from __future__ import annotations
@@ -103,15 +104,25 @@ def _streaming(family, name: str) -> Metric:
 
 
 def _measured_latency(family, batch: int) -> Metric:
-    """``latency_ms@bN``: each sub-model measured on ONNX Runtime at batch N (its example
-    repeated). The measurements fit the family's latency model for that batch as they come
-    (``family.latency_models["onnxruntime-bN"]``, refitted every few), so the sub-models the search
-    did not measure get a prediction, and ``largest_within`` takes latency budgets."""
+    """``latency_ms@bN``: sub-models measured on ONNX Runtime at batch N (its example repeated).
+    The measurements fit the family's latency model for that batch as they come
+    (``family.latency_models["onnxruntime-bN"]``, refitted every few), so ``largest_within`` takes
+    latency budgets; once it is fitted, a sub-model is measured only where it matters (the
+    problem's ``Metric.estimate``): one that even ``PREDICTION_MARGIN`` faster than predicted
+    would be dominated, or over a latency bound, keeps the prediction."""
     from onefit.cost.latency import measure_latency
     from onefit.cost.latency_model import FEATURES, LatencyModel
 
     examples = tuple(x.repeat(batch, *[1] * (x.dim() - 1)) for x in family.example_inputs)
     measured: list[tuple[Arch, float]] = []
+    key = f"onnxruntime-b{batch}"
+    fitted: list = []  # the model this search fitted (a saved one may come from another machine)
+
+    def estimate(arch: Arch) -> tuple[float, float] | None:
+        if not fitted:
+            return None
+        model = fitted[-1]
+        return model.predict(family, arch), max(PREDICTION_MARGIN, 3 * model.fit_error["mape"])
 
     def latency(arch: Arch) -> float:
         ms = measure_latency(family.extract(arch).eval(), examples, repeats=20, warmup=5).median_ms
@@ -119,14 +130,15 @@ def _measured_latency(family, batch: int) -> Metric:
         n = len(measured)
         if n >= len(FEATURES) + 2 and (n - len(FEATURES) - 2) % REFIT_EVERY == 0:
             archs, times = zip(*measured)
-            family.latency_models[f"onnxruntime-b{batch}"] = LatencyModel.fit(family, archs, times,
-                                                                              backend="onnxruntime", batch=batch)
+            fitted.append(LatencyModel.fit(family, archs, times, backend="onnxruntime", batch=batch))
+            family.latency_models[key] = fitted[-1]
         return ms
 
-    return Metric(latency)
+    return Metric(latency, estimate=estimate)
 
 
 REFIT_EVERY = 4  # measurements between refits of the latency model a search fits
+PREDICTION_MARGIN = 0.25  # the least relative error assumed of a latency prediction (3x its fit's MAPE if more)
 
 
 def _latency(family, latency) -> Metric | None:

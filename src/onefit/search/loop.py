@@ -58,6 +58,7 @@ def search(problem: Problem, searcher: Searcher, *, budget: int, storage: str | 
     done = {problem.key(t.arch): t for t in trials}
     for trial in trials:  # a resumed study: the searcher learns what was already measured
         searcher.tell(trial)
+        problem.observe(trial)
     repeats = 0
     with progress_bar(progress) as bar:
         task = bar.add_task(f"search {type(searcher).__name__}", total=budget, completed=len(done))

@@ -25,10 +25,18 @@ from onefit.space import Arch, Dimension, Space
 
 @dataclass(frozen=True)
 class Metric:
-    """A figure of an arch. ``cheap``: computed without running the sub-model."""
+    """A figure of an arch. ``cheap``: computed without running the sub-model.
+
+    ``estimate``: for a costly measurement (a latency on the target runtime), a cheap prediction
+    and its relative error, ``(value, error)``, or None while there is none. The problem then
+    measures an arch only where it matters: its prediction is used instead when even the
+    optimistic end of it (``value * (1 - error)``) leaves the arch dominated by one measured
+    before, or over a constraint's bound.
+    """
 
     fn: Callable[[Arch], float]
     cheap: bool = False
+    estimate: Callable[[Arch], tuple[float, float] | None] | None = None
 
 
 class ProblemError(ValueError):
@@ -51,6 +59,7 @@ class Problem:
         self.metrics = {k: m if isinstance(m, Metric) else Metric(m) for k, m in metrics.items()}
         self.objectives = tuple(objectives)
         self.constraints = dict(constraints or {})
+        self._measured: list[tuple[float, ...]] = []  # objectives of the feasible trials measured in full
         unknown = [n for n in (*self.objectives, *self.constraints) if n not in self.metrics]
         if unknown:
             raise ProblemError(f"unknown metric(s) {unknown}; this problem has {sorted(self.metrics)}")
@@ -96,18 +105,43 @@ class Problem:
 
     def evaluate(self, arch: Mapping[str, Any]) -> Trial:
         """Measure ``arch``; an exception or a non-finite objective gives a failed Trial (with the
-        reason), never an exception, so a search goes on."""
+        reason), never an exception, so a search goes on. Metrics with an ``estimate`` are
+        predicted where measuring would not change what the search keeps (``Trial.predicted``)."""
         arch = self.space.validate(arch)
         start = time.perf_counter()
+        names = dict.fromkeys((*self.objectives, *self.constraints))
+        estimable = [n for n in names if self.metrics[n].estimate is not None]
         try:
-            measured = self.compute(arch, dict.fromkeys((*self.objectives, *self.constraints)))
+            measured = self.compute(arch, [n for n in names if n not in estimable])
+            predicted = self._predicted(arch, measured, estimable)
+            measured.update(predicted)
+            measured.update(self.compute(arch, [n for n in estimable if n not in predicted]))
         except Exception as exc:  # recorded with the trial; search() stops if every trial fails
             return Trial(arch, None, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
         seconds = time.perf_counter() - start
         values = tuple(measured[n] for n in self.objectives)
         if (reason := failed_values(values)) is not None:
             return Trial(arch, None, metrics=measured, seconds=seconds, error=reason)
-        return Trial(arch, values, self.violation(measured), measured, seconds)
+        trial = Trial(arch, values, self.violation(measured), measured, seconds, predicted=tuple(predicted))
+        self.observe(trial)
+        return trial
+
+    def observe(self, trial: Trial) -> None:
+        """Remember a trial measured in full (one this problem evaluated, or one a resumed search
+        loaded), against which later archs' predictions are judged."""
+        if trial.feasible and not trial.predicted:
+            self._measured.append(trial.values)
+
+    def _predicted(self, arch: Arch, measured: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
+        """The predictions of ``names`` if none of them needs measuring for ``arch``, else {}."""
+        estimates = {n: self.metrics[n].estimate(arch) for n in names}
+        if not names or any(e is None for e in estimates.values()):
+            return {}
+        low = {n: value * (1 - error) for n, (value, error) in estimates.items()}
+        over = self.violation(measured) > 0 or any(low[n] > self.constraints[n] for n in low if n in self.constraints)
+        best = tuple(low.get(n, measured.get(n)) for n in self.objectives)
+        dominated = any(all(a <= b for a, b in zip(ref, best)) and ref != best for ref in self._measured)
+        return {n: value for n, (value, _) in estimates.items()} if over or dominated else {}
 
     def describe(self) -> dict:
         """What makes two problems the same study: space, objectives, constraints."""
