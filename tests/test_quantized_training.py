@@ -2,6 +2,7 @@
 quantization points, packed low-bit weights and 8-bit ONNX export."""
 
 import doctest
+import json
 import math
 import random
 
@@ -448,3 +449,23 @@ def test_an_int8_file_of_a_quantization_aware_sub_model_rounds_inputs_as_the_fam
     assert values[dequantize.input[1]] == pytest.approx(expected[0].item())  # the family's scale, not a new one
     assert int(values[dequantize.input[2]]) == int(expected[1])
     assert not any(n.op_type == "QuantizeLinear" and "layer" in n.name for n in graph.node)  # one rounding per input
+
+
+def test_the_run_exports_archs_that_differ_only_in_the_shared_bits_once(tmp_path):
+    """The front may hold a sub-model at 8 and at 32 bits; both build the same fp32 and int8 files."""
+    from types import SimpleNamespace
+
+    from onefit.run.exported import chosen
+    from onefit.search.base import Trial
+
+    family = shared_bits_family()
+    small, large = family.space.min(), family.space.max()
+    trials = [Trial({**small, "bits": 8}, (0.3, 1.0), metrics={"params": 10, "error": 0.3}),
+              Trial({**small, "bits": 32}, (0.2, 4.0), metrics={"params": 10, "error": 0.2}),
+              Trial({**large, "bits": 8}, (0.1, 9.0), metrics={"params": 90, "error": 0.1})]
+    (tmp_path / "front.json").write_text(json.dumps({"objectives": ["error", "macs"],
+                                                     "front": [t.to_json() for t in trials]}))
+    job = SimpleNamespace(config=SimpleNamespace(export=SimpleNamespace(front=True, max_models=8, budgets=[])))
+    picks = chosen(job, SimpleNamespace(path=tmp_path), family)
+    assert [p["arch"] for p in picks] == [{**small, "bits": 32}, {**large, "bits": 32}]
+    assert [p["name"] for p in picks] == ["m00", "m01"] and picks[0]["chosen_for"] == ["front", "front"]

@@ -30,8 +30,10 @@ from onefit.report.tables import spread
 from onefit.run.job import Job, JobError
 
 
-def chosen(job: Job, folder) -> list[dict]:
-    """``[{"name", "arch", "chosen_for": [...], "validation": metrics}]`` in the order of params."""
+def chosen(job: Job, folder, family) -> list[dict]:
+    """``[{"name", "arch", "chosen_for": [...], "validation": metrics}]`` in the order of params.
+    Archs that build the same files (a shared bits dimension at 8 and at 32: ``precision_arch``)
+    are one model, under its fp32 arch, with the validation metrics of the first that chose it."""
     from onefit.search import Front
     from onefit.search.base import Trial
 
@@ -41,8 +43,9 @@ def chosen(job: Job, folder) -> list[dict]:
     picks: dict[str, dict] = {}
 
     def add(trial, why: str) -> None:
-        key = json.dumps(trial.arch, sort_keys=True)
-        picks.setdefault(key, {"arch": dict(trial.arch), "chosen_for": [], "validation": dict(trial.metrics)})
+        arch = precision_arch(family, dict(trial.arch), "fp32")
+        key = json.dumps(arch, sort_keys=True)
+        picks.setdefault(key, {"arch": arch, "chosen_for": [], "validation": dict(trial.metrics)})
         picks[key]["chosen_for"].append(why)
 
     ordered = sorted(front, key=lambda t: (t.metrics.get("params", 0), t.metrics.get("error", 0)))
@@ -182,7 +185,7 @@ def faster_precision(latencies: list[dict]) -> dict[str, str]:
 def export_models(job: Job, folder, family, progress: bool = True) -> list[dict]:
     models = folder.path / "models"
     models.mkdir(parents=True, exist_ok=True)
-    picks = chosen(job, folder)
+    picks = chosen(job, folder, family)
     entries = []
     with progress_bar(progress) as bar:
         task = bar.add_task("export", total=len(picks))
