@@ -451,6 +451,25 @@ def test_an_int8_file_of_a_quantization_aware_sub_model_rounds_inputs_as_the_fam
     assert not any(n.op_type == "QuantizeLinear" and "layer" in n.name for n in graph.node)  # one rounding per input
 
 
+def test_openvino_int8_of_a_quantization_aware_sub_model_keeps_the_ranges_the_family_trained(tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO does not install here (pip install 'onefit[openvino]')")
+    from onefit.runtimes import runtime
+
+    family = calibrate_(shared_bits_family().eval(), [X])
+    sub = family.extract({**family.space.max(), "bits": 8})
+    openvino, onnxruntime = runtime("openvino"), runtime("onnxruntime")
+    built = openvino.build(sub, tmp_path / "ov", "int8", examples=(X[:4],), calibration=[X], reduce_range=False)
+    assert built.method == "trained-qdq" and built.cosine >= 0.98
+    assert "FakeQuantize" in built.path.read_text()  # OpenVINO runs the QDQ pairs as its int8 FakeQuantize
+    ort = onnxruntime.build(sub, tmp_path / "ort", "int8", examples=(X[:4],), calibration=[X], reduce_range=False)
+    x = torch.rand(7, *X.shape[1:])  # not the calibration batch
+    feeds = lambda session: {session.get_inputs()[0].name: x.numpy()}
+    ov_out = openvino.session(built.path).run(None, feeds(openvino.session(built.path)))[0]
+    ort_out = onnxruntime.session(ort.path).run(None, feeds(onnxruntime.session(ort.path)))[0]
+    assert torch.nn.functional.cosine_similarity(torch.tensor(ov_out).flatten(), torch.tensor(ort_out).flatten(),
+                                                 dim=0) > 0.999  # both round as the family trained
+
+
 def test_the_run_exports_archs_that_differ_only_in_the_shared_bits_once(tmp_path):
     """The front may hold a sub-model at 8 and at 32 bits; both build the same fp32 and int8 files."""
     from types import SimpleNamespace

@@ -31,8 +31,8 @@ def test_every_runtime_builds_a_verified_scored_and_timed_file(name, precision, 
     assert built.cosine > (0.99999 if precision == "fp32" else 0.98)
     assert any(k.startswith("data") for k in built.parity_inputs)
     assert built.metric["onnx"] >= (100.0 if precision == "fp32" else 80.0)  # the labels are the model's own
-    if precision == "int8":
-        assert built.method != "fp32"
+    if precision == "int8":  # a plain model has no trained ranges: the runtime's post-training quantization
+        assert built.method == {"onnxruntime": "static-qdq", "openvino": "nncf-ptq"}[name]
     latency = target.latency(built.path, (torch.rand(4, 1, 8, 8),), threads=1, repeats=3)
     assert latency.backend == name and latency.batch == 4 and 0 < latency.median_ms <= latency.p90_ms
 

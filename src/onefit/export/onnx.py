@@ -234,13 +234,13 @@ def export(
     # quantizer with those inputs' trained ranges, and the int8 file is checked against the sub-model
     ranges = {}
     graph_module = module
-    if quantize == "int8" and _rounds_activations(module):
+    if quantize == "int8" and rounds_activations(module):
         graph_module, ranges = without_input_quantization(module)
     model_bytes, used = _export_fp32(graph_module, examples, exporter)
     inputs = parity_inputs(examples, eval_data if eval_data is not None else calibration)
     # a sub-model that fake-quantizes its activations (and any graph before int8) is checked by
     # cosine alone: a rounding that flips on float noise moves an activation by a quantization step
-    fake_quantized = _rounds_activations(graph_module)
+    fake_quantized = rounds_activations(graph_module)
     rounds = quantize is not None or fake_quantized
     floor = ROUNDING_COSINE if fake_quantized else 0.99999
     max_err, cosine = verify(_runnable(model_bytes, module), graph_module, inputs, atol=None if rounds else atol,
@@ -269,9 +269,9 @@ def export(
 ROUNDING_COSINE = 0.999  # the fp32 graph of a sub-model that rounds its activations (ElasticConfig activation_bits)
 
 
-def _rounds_activations(module: nn.Module) -> bool:
+def rounds_activations(module: nn.Module) -> bool:
     """Whether ``module`` runs a layer behind fake quantization of its input (an extracted sub-model
-    of a family with ``activation_bits``)."""
+    of a family with ``activation_bits``): its int8 file takes the ranges the family trained."""
     from onefit.elastic.quant import weight_layer
 
     return any(weight_layer(m) is not m for m in module.modules())

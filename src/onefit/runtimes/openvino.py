@@ -1,8 +1,11 @@
 """OpenVINO (the optional extra ``onefit[openvino]``): fp32 by converting the verified ONNX file
-to OpenVINO's IR (``.xml`` + ``.bin``), int8 by NNCF's post-training quantization of that model on
-the calibration batches; both checked against PyTorch on inputs other than the example, run at
-fp32 inference precision (OpenVINO's default on CPUs with AMX or AVX512-BF16 is bf16, which would
-be another model than the one checked).
+to OpenVINO's IR (``.xml`` + ``.bin``); int8 by NNCF's post-training quantization of that model on
+the calibration batches, or, for a sub-model trained at 8 bits (one that fake-quantizes its
+layers' inputs: ``ElasticConfig(activation_bits=8)``), by converting its verified int8 QDQ file,
+which carries the ranges the family trained (``onefit.export``), so OpenVINO rounds as the family
+did. Each is checked against PyTorch on inputs other than the example, run at fp32 inference
+precision (OpenVINO's default on CPUs with AMX or AVX512-BF16 is bf16, which would be another model
+than the one checked).
 
 >>> OpenVINO.name, OpenVINO.precisions
 ('openvino', ('fp32', 'int8'))
@@ -56,16 +59,19 @@ class OpenVINO(Runtime):
         import openvino as ov
 
         from onefit.export import export
-        from onefit.export.onnx import accuracy_change, parity_inputs, verify
+        from onefit.export.onnx import accuracy_change, parity_inputs, rounds_activations, verify
 
+        if precision == "int8" and calibration is None:
+            raise ValueError("OpenVINO int8 needs calibration batches")
+        trained = precision == "int8" and rounds_activations(module)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = Path(tmp) / "model.onnx"
-            export(module, onnx_path, examples)  # the fp32 graph, verified against PyTorch first
+            # the fp32 graph, or the int8 QDQ graph of a sub-model trained at 8 bits, verified first
+            export(module, onnx_path, examples, **(dict(quantize="int8", calibration=calibration, bits=bits,
+                                                        reduce_range=reduce_range) if trained else {}))
             model = ov.convert_model(str(onnx_path))
-        method = "fp32"
-        if precision == "int8":
-            if calibration is None:
-                raise ValueError("OpenVINO int8 needs calibration batches")
+        method = "trained-qdq" if trained else "fp32"
+        if precision == "int8" and not trained:
             model, method = self._quantize(model, calibration, len(examples)), "nncf-ptq"
         xml = target.with_suffix(".xml")
         ov.save_model(model, str(xml), compress_to_fp16=False)
