@@ -5,7 +5,7 @@ Peers: Torch-Pruning (L2 magnitude, uniform and global, at 30/50/70 % of channel
 fine-tuning), each pruned model (and the teacher) through ONNX Runtime fp32, ONNX Runtime static
 int8 (QDQ), NNCF post-training quantization of the ONNX file run on ONNX Runtime, OpenVINO fp32
 and NNCF int8 on OpenVINO. onefit: ``onefit run`` on the trained teacher with both runtimes as
-targets. Every row's accuracy is its own file's on the test set; onefit picks its model on the
+targets (``--qat``: the family also trained at 8 bits, its int8 files built from that). Every row's accuracy is its own file's on the test set; onefit picks its model on the
 validation split (the peers' best is picked on the test set, which favours them). Latency: 2
 threads, medians of interleaved rounds at batch 1 and 64, as ratios to the teacher on ONNX
 Runtime fp32 in the same round.
@@ -109,7 +109,9 @@ def onefit_run(weights: Path, folder: Path, args) -> tuple[list[dict], float, di
         "seed": 0,
         "model": {"factory": "peers:trained_teacher", "kwargs": {"weights": str(weights)}},
         "data": {"bundled": "mnist5k", "kwargs": {"batch_size": 64}},
-        "elastic": {"width": [0.125, 0.25, 0.375, 0.5, 0.75, 1.0]},
+        "elastic": {"width": [0.125, 0.25, 0.375, 0.5, 0.75, 1.0],
+                    # 8-bit quantization-aware training: one bits dimension, the runtimes' int8 scheme
+                    **({"bits": [8], "activation_bits": 8, "bits_shared": True} if args.qat else {})},
         "train": {"recipe": "sortednet", "epochs": args.family_epochs, "lr": 1e-3,
                   "config": {"distill": args.distill}},
         "search": {"searcher": "linas", "budget": args.budget, "objectives": ["error", "macs", "params"]},
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--family-epochs", type=int, default=10)
     parser.add_argument("--distill", default="inplace", choices=("inplace", "teacher", "none"),
                         help="SortedNet's distillation: from the largest sub-model, from the trained teacher, or none")
+    parser.add_argument("--qat", action="store_true",
+                        help="train the family at 8 bits too (one shared bits dimension): int8 files keep its ranges")
     parser.add_argument("--budget", type=int, default=80)
     parser.add_argument("--max-models", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)

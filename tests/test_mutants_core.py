@@ -670,3 +670,27 @@ def test_nsga2_keeps_asking_once_every_arch_is_told():
         s.tell(Trial(arch, (float(sum(arch.values())), float(-sum(arch.values())))))
     again = [s.ask() for _ in range(10)]  # nothing new to breed: a random repeat, never an error
     assert all(space.validate(a) == a for a in again)
+
+
+class _TiedConvolutions(nn.Module):
+    """Two convolutions holding one weight (kept whole), then an elastic head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.head = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.head(self.b(torch.relu(self.a(torch.relu(self.stem(x))))).mean((2, 3)))
+
+
+def test_a_convolution_weight_two_layers_hold_counts_once_with_its_kernel():
+    model = _TiedConvolutions().eval()
+    family = onefit.elasticize(model, (torch.randn(1, 1, 6, 6),))
+    assert family.plan.tied == [("a.weight", "b.weight")] and family.space.names == ["width:head.0"]
+    for arch in (family.space.max(), family.space.min()):
+        sub = family.extract(arch)
+        assert onefit.costs(family, arch)["params"] == sum(p.numel() for p in sub.parameters())
+    assert onefit.costs(family, family.space.max())["params"] == sum(p.numel() for p in model.parameters())
