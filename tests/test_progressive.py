@@ -65,3 +65,36 @@ def test_a_run_stopped_inside_a_phase_resumes_exactly(tmp_path):
                  progress=False)
     a, b = whole.module.state_dict(), resumed.module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_releasing_the_widths_sorts_the_channels_first_and_restarts_the_optimizer():
+    """Once-for-All's width phase: channels by importance (the full network's function unchanged),
+    the optimizer's per-channel moments dropped; without sort_width nothing is reordered."""
+    from onefit.importance import L1Importance
+
+    def l1(family):  # the scores sort_ ranks the first width group's channels by
+        group = next(g for g in family.plan.groups.values() if g.name in family.space.names)
+        return L1Importance()([family.module.get_submodule(n) for n in group.producers])
+
+    x = batches(1)[0][0]
+    for sort_width in (True, False):
+        family = kernel_family()
+        recipe = ProgressiveShrinkingRecipe(ProgressiveShrinkingConfig(phase_steps=1, sort_width=sort_width))
+        optimizer = torch.optim.Adam(family.parameters(), lr=0.0)  # steps that change nothing but the order
+        for _ in range(3):  # the full network, then kernel, then depth
+            recipe.step(family, batches(1)[0], optimizer)
+        family.eval()
+        with torch.no_grad(), family.activate(family.space.max()):
+            before = family(x)
+        scores = l1(family)
+        assert max(s["step"].item() for s in optimizer.state.values()) == 3
+        assert not torch.equal(scores, scores.sort(descending=True).values)
+        recipe.step(family, batches(1)[0], optimizer)  # releases the widths (in eval mode: norm statistics stay)
+        with torch.no_grad(), family.activate(family.space.max()):
+            assert torch.allclose(family(x), before, atol=1e-5)
+        after = l1(family)
+        if sort_width:
+            assert torch.allclose(after, scores.sort(descending=True).values)
+            assert max(s["step"].item() for s in optimizer.state.values()) == 1  # a fresh start, then this step
+        else:
+            assert torch.equal(after, scores) and max(s["step"].item() for s in optimizer.state.values()) == 4

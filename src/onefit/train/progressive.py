@@ -2,6 +2,10 @@
 first, then release the dimensions in phases (kernel, then depth, then width, then bits or rank
 where the family has them), each phase sampling only what has been released so far (the rest
 at its largest), with in-place distillation from the full network (SortedNet's nested step).
+As in Once-for-All, the phase that releases the widths (or heads) begins by sorting the channels
+by importance (``onefit.importance.sort_``, L1), so the narrow sub-models start from the channels
+the trained network relies on most; the optimizer's state (kept per channel) is reset there, as
+Once-for-All begins each phase with a fresh optimizer.
 
 >>> import torch, onefit
 >>> family = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
@@ -19,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from onefit.importance import sort_
 from onefit.space import Dimension, Space
 from onefit.tasks import Task
 from onefit.train.recipe import Recipe, register_recipe
@@ -26,6 +31,7 @@ from onefit.train.sampler import SandwichSampler
 from onefit.train.sorted import SortedNetConfig, nested_backward
 
 ORDER = ("kernel", "depth", "width", "heads", "bits", "rank")  # Once-for-All's, extended
+SORTED_KINDS = {"width", "heads"}  # the kinds whose release sorts the channels first
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,7 @@ class ProgressiveShrinkingConfig(SortedNetConfig):
 
     phases: tuple[tuple[str, ...], ...] | None = None
     phase_steps: int | tuple[int, ...] = 100
+    sort_width: bool = True  # sort the channels by importance when the widths are released
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +108,11 @@ class ProgressiveShrinkingRecipe(Recipe):
              task: Task | None = None) -> dict:
         """One nested step over the sub-models of the released dimensions (the rest at their largest)."""
         released = self.released(family, self.steps)
+        if self.config.sort_width and self.steps > 0:
+            new = set(released) - set(self.released(family, self.steps - 1))
+            if new & SORTED_KINDS:
+                sort_(family)  # reorders weights, norm statistics and consumers' inputs alike
+                optimizer.state.clear()  # its moments are per channel, in the old order
         optimizer.zero_grad(set_to_none=True)
         if released:
             part = Space([d if d.kind in released else Dimension(d.name, d.kind, (d.choices[-1],)) for d in family.space])
