@@ -8,7 +8,10 @@ Every model is evaluated after its batch-norm statistics are re-estimated on 20 
   (a')   the same with labels only (no distillation)
   (a'')  the family trained with Once-for-All progressive shrinking at the same number of steps
          and the same sandwich (the full network alone, then each dimension kind released in
-         turn, in-place distillation), the steps split evenly over its phases
+         turn, the channels sorted by importance when the widths are, in-place distillation), the
+         steps split evenly over its phases
+  (d)    as (a), distilled from the full model trained normally (an external teacher) instead
+         of in place
   (b)    each sub-model's architecture trained alone, fresh init, same epochs, optimizer and
          cosine schedule
   (c)    prefix truncation of the normally trained full model (importance-sorted first, batch
@@ -48,9 +51,11 @@ TASKS = {
     "mnist5k": (mnist5k, dict(in_channels=1, widths=(16, 32), blocks=(2, 2), stem_stride=2)),
 }
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
-VARIANTS = ("nested", "nested_labels", "progressive")
-LABELS = {"nested": "a", "nested_labels": "a'", "progressive": "a''"}
-TITLES = {"nested": "nested, in-place KD", "nested_labels": "nested, labels only", "progressive": "progressive shrinking"}
+VARIANTS = ("nested", "nested_labels", "progressive", "teacher")
+LABELS = {"nested": "a", "nested_labels": "a'", "progressive": "a''", "teacher": "d"}
+TITLES = {"nested": "nested, in-place KD", "nested_labels": "nested, labels only", "progressive": "progressive shrinking",
+          "teacher": "nested, KD from the full model"}
+TIMED = ("nested", "progressive", "teacher")  # labels-only SortedNet costs what SortedNet costs, less the KL term
 GAP_TARGET, LARGEST_TARGET, COST_TARGET = 0.5, -0.3, 3.0  # issue 18
 
 
@@ -59,7 +64,8 @@ def make_recipe(variant: str, family, steps: int, seed: int):
     if variant == "progressive":
         phases = len(ProgressiveShrinkingRecipe().schedule(family))
         return ProgressiveShrinkingRecipe(ProgressiveShrinkingConfig(phase_steps=max(1, steps // phases), seed=seed))
-    return onefit.SortedNetRecipe(SortedNetConfig(distill="inplace" if variant == "nested" else "none", seed=seed))
+    distill = {"nested": "inplace", "nested_labels": "none", "teacher": "teacher"}[variant]
+    return onefit.SortedNetRecipe(SortedNetConfig(distill=distill, seed=seed))
 
 
 def grid_arch(space: onefit.Space, width: float, deepest: bool) -> dict:
@@ -107,7 +113,8 @@ def run_task(name: str, seed: int, epochs: int, archs_per_task: int, small: bool
         recipe = make_recipe(variant, family, epochs * len(train_data), seed)
         optimizer = torch.optim.Adam(family.parameters(), lr=3e-3)
         t0 = time.perf_counter()
-        onefit.train(family, train_data, recipe, epochs=epochs, optimizer=optimizer, progress=False)
+        onefit.train(family, train_data, recipe, epochs=epochs, optimizer=optimizer, progress=False,
+                     teacher=full if variant == "teacher" else None)
         family_seconds[variant], families[variant] = time.perf_counter() - t0, family
 
     truncated = onefit.sort_(onefit.elasticize(full, (example,)))
@@ -125,35 +132,37 @@ def run_task(name: str, seed: int, epochs: int, archs_per_task: int, small: bool
         cut = evaluate(recalibrate_bn(truncated.extract(arch), train_data), test_data)
         rows.append({"width": width, "depth": "max" if deepest else "min", **onefit.costs(family, arch),
                      **nested, "alone": alone, "truncated": cut})
-        print(f"  {name} seed {seed} w={width} d={'max' if deepest else 'min'}: nested {nested['nested']:.1f} "
-              f"labels-only {nested['nested_labels']:.1f} progressive {nested['progressive']:.1f} "
-              f"alone {alone:.1f} truncated {cut:.1f}", flush=True)
+        print(f"  {name} seed {seed} w={width} d={'max' if deepest else 'min'}: "
+              + " ".join(f"{v} {nested[v]:.1f}" for v in VARIANTS) + f" alone {alone:.1f} truncated {cut:.1f}",
+              flush=True)
     return {"task": name, "seed": seed, "full_accuracy": full_acc, "full_seconds": full_seconds,
-            "family_seconds": family_seconds["nested"], "family_labels_seconds": family_seconds["nested_labels"],
-            "family_progressive_seconds": family_seconds["progressive"], "rows": rows}
+            "family_seconds": family_seconds, "rows": rows}
 
 
 def wall_time_ratios(name: str, rounds: int, small: bool = False) -> dict[str, list[float]]:
     """Family epoch time over full-model epoch time, measured back to back ``rounds`` times, so
-    that whatever else the machine does weighs on both sides alike: SortedNet ("nested"), and
+    that whatever else the machine does weighs on both sides alike: SortedNet ("nested"),
     progressive shrinking ("progressive") with its phases squeezed into the one epoch, so that the
-    epoch holds each phase in the share it has in the full run."""
+    epoch holds each phase in the share it has in the full run, and SortedNet distilled from a
+    full model ("teacher", its forward pass included; not the teacher's own training)."""
     load, kwargs = TASKS[name]
     if small:
         kwargs = {**kwargs, "widths": (8, 16), "blocks": (2, 2)}
     train_data, test_data = load(batch_size=64, seed=0)
     example = next(iter(test_data))[0][:1]
     train_plain(resnet(**kwargs), list(train_data)[:3], 1, progress=False)  # warm-up
-    ratios = {"nested": [], "progressive": []}
+    ratios = {v: [] for v in TIMED}
     for _ in range(rounds):
+        teacher = resnet(**kwargs)
         t0 = time.perf_counter()
-        train_plain(resnet(**kwargs), train_data, 1, progress=False)
+        train_plain(teacher, train_data, 1, progress=False)
         full = time.perf_counter() - t0
         for variant in ratios:
             family = onefit.elasticize(resnet(**kwargs), (example,))
             recipe = make_recipe(variant, family, len(train_data), 0)
             t0 = time.perf_counter()
-            onefit.train(family, train_data, recipe, epochs=1, progress=False)
+            onefit.train(family, train_data, recipe, epochs=1, progress=False,
+                         teacher=teacher if variant == "teacher" else None)
             ratios[variant].append((time.perf_counter() - t0) / full)
     return ratios
 
@@ -179,12 +188,9 @@ def summarize(runs: list[dict], ratios_by_task: dict[str, dict[str, list[float]]
                for v in VARIANTS},
             **{f"largest_{v}_minus_full": statistics.median(r["rows"][-1][v] - r["full_accuracy"] for r in mine)
                for v in VARIANTS},
-            "family_over_full_wall_time": median_range(ratios["nested"])[0],
-            "wall_time_ratio_range": median_range(ratios["nested"])[1],
-            "wall_time_ratios": ratios["nested"],
-            "progressive_over_full_wall_time": median_range(ratios["progressive"])[0],
-            "progressive_wall_time_ratio_range": median_range(ratios["progressive"])[1],
-            "progressive_wall_time_ratios": ratios["progressive"],
+            "over_full_wall_time": {v: median_range(ratios[v])[0] for v in TIMED},
+            "wall_time_ratio_range": {v: median_range(ratios[v])[1] for v in TIMED},
+            "wall_time_ratios": {v: ratios[v] for v in TIMED},
         }
         best = min(VARIANTS, key=lambda v: summary[task][f"median_gap_alone_minus_{v}"])
         summary[task]["best_recipe"] = best
@@ -194,7 +200,7 @@ def summarize(runs: list[dict], ratios_by_task: dict[str, dict[str, list[float]]
 
 def cost(s: dict, variant: str) -> float:
     """The wall-time ratio of ``variant``: labels-only SortedNet costs what SortedNet costs, less the KL term."""
-    return s["progressive_over_full_wall_time" if variant == "progressive" else "family_over_full_wall_time"]
+    return s["over_full_wall_time"][variant if variant in TIMED else "nested"]
 
 
 def summary_targets(summary: dict) -> None:
@@ -222,7 +228,11 @@ def markdown(result: dict) -> str:
              f"{note}\n"
              f"(a'') progressive shrinking: the same number of steps as (a), each a sandwich of 4 (largest, "
              f"smallest, 2 random) over the dimensions released so far, with in-place distillation; the steps "
-             f"split evenly over its phases (the full network alone, then depth, then width). Targets (issue 18): "
+             f"split evenly over its phases (the full network alone, then depth, then width), the channels sorted "
+             f"by importance (L1) and the optimizer restarted when the widths are released. (d): as (a), the "
+             f"students distilled from the full model trained normally instead of from the largest sub-model; "
+             f"its cost is the family's, not counting the teacher's own training (1× more, if it is not trained "
+             f"already). Targets (issue 18): "
              f"median gap ≤ {GAP_TARGET} points on both tasks with whichever recipe is best; largest sub-model "
              f"within {-LARGEST_TARGET} points of the full model; family cost ≤ {COST_TARGET:.0f}× one model's.\n"]
     for task, s in result["summary"].items():
@@ -242,10 +252,10 @@ def markdown(result: dict) -> str:
             lines.append(f"- ({label}) {TITLES[v]}: median gap (b − {label}) **{gap:+.2f}** points (target ≤ "
                          f"{GAP_TARGET}: {mark(gap <= GAP_TARGET)}); largest sub-model − full model **{largest:+.2f}** "
                          f"points (target ≥ −{-LARGEST_TARGET}: {mark(largest >= LARGEST_TARGET)})")
-        for key, label in (("", "(a) SortedNet"), ("progressive_", "(a'') progressive shrinking")):
-            lo, hi = s[f"{key}wall_time_ratio_range"]
-            ratio = s[f"{key}over_full_wall_time" if key else "family_over_full_wall_time"]
-            rounds = len(s[f"{key}wall_time_ratios"])
+        for v in TIMED:
+            label = f"({LABELS[v]}) {TITLES[v]}"
+            lo, hi = s["wall_time_ratio_range"][v]
+            ratio, rounds = s["over_full_wall_time"][v], len(s["wall_time_ratios"][v])
             lines.append(f"- family {label} wall time ÷ full model, per epoch, median of {rounds} back-to-back rounds: "
                          f"**{ratio:.2f}×** (range {lo:.2f}–{hi:.2f}; target ≤ {COST_TARGET:.0f}×: "
                          f"{mark(ratio <= COST_TARGET)})")
@@ -292,9 +302,9 @@ def merge(dirs: list[Path], out: Path, command: str, note: str) -> dict:
     ratios: dict[str, dict[str, list[float]]] = {}
     for p in parts:
         for task, s in p["summary"].items():
-            mine = ratios.setdefault(task, {"nested": [], "progressive": []})
-            mine["nested"] += s["wall_time_ratios"]
-            mine["progressive"] += s["progressive_wall_time_ratios"]
+            mine = ratios.setdefault(task, {v: [] for v in TIMED})
+            for v in TIMED:
+                mine[v] += s["wall_time_ratios"][v]
     parts_line = "Parts: " + "; ".join(f"`{p['command']}`" for p in parts) + "."
     result = {"command": command, "machine": parts[0]["machine"], "epochs": parts[0]["epochs"],
               "seeds": sorted({r["seed"] for r in runs}), "note": " ".join(x for x in (note, parts_line) if x),
@@ -328,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.tasks, args.seeds, args.epochs, archs = ["digits"], [0], 1, 2
     runs = [run_task(task, seed, args.epochs, archs, args.quick) for task in args.tasks for seed in args.seeds]
     rounds = 1 if args.quick else args.timing_rounds
-    ratios = {task: wall_time_ratios(task, rounds, args.quick) if rounds else {"nested": [], "progressive": []}
+    ratios = {task: wall_time_ratios(task, rounds, args.quick) if rounds else {v: [] for v in TIMED}
               for task in args.tasks}
     result = {
         "command": "python bench/nested_vs_individual.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -11,6 +11,7 @@ threads, medians of interleaved rounds at batch 1 and 64, as ratios to the teach
 Runtime fp32 in the same round.
 
     python bench/peers.py              # bench/results/peers.{json,md}
+    python bench/peers.py --qat --stem peers_qat   # the family trained at 8 bits too
     python bench/peers.py --quick      # a smoke run (used by the tests)
 """
 
@@ -160,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-models", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", default="peers", help="the results' file names: STEM.json, STEM.md")
     args = parser.parse_args(argv)
     ratios = (0.3, 0.5, 0.7)
     if args.quick:
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(environment=environment(), cpu=cpu, args=vars(args) | {"out": str(args.out)},
                   command="python bench/peers.py " + " ".join(sys.argv[1:] if argv is None else argv))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "peers.json").write_text(json.dumps(result, indent=1, default=str))
-    (args.out / "peers.md").write_text(markdown(result))
+    (args.out / f"{args.stem}.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / f"{args.stem}.md").write_text(markdown(result))
     print(markdown(result))
     return result
 

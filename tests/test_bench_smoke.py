@@ -137,3 +137,19 @@ def test_continual_and_adapter_benchmarks_quick_runs_write_json_and_markdown(tmp
     assert [s["pruned"] for s in result["summary"]] == [0.5, 0.7, 0.9]
     assert result["runs"][0]["adapters_learned_task"] * 5 < result["runs"][0]["rows"][0]["finetune_learned_task"]
     assert "| pruned | params kept | (i) fine-tune all |" in (tmp_path / "adapters_quick.md").read_text()
+
+
+@pytest.mark.bench
+def test_the_peers_benchmark_quick_run_with_a_quantization_aware_family(tmp_path):
+    """Torch-Pruning, NNCF and OpenVINO beside onefit run with an 8-bit trained family (about 5 minutes)."""
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("openvino")
+    import peers
+
+    result = peers.main(["--quick", "--qat", "--out", str(tmp_path)])
+    ours = [r for r in result["rows"] if r["model"].startswith("onefit")]
+    assert {r["pipeline"] for r in ours} == {f"onefit {rt} {p}" for rt in ("onnxruntime", "openvino")
+                                             for p in ("fp32", "int8")}
+    assert all(abs(r["accuracy"] - ours[0]["accuracy"]) <= 2.0 for r in ours)  # int8 keeps the trained ranges
+    assert set(result["targets"]) == {f"{rt} b={b}" for rt in ("onnxruntime", "openvino") for b in (1, 64)}
+    assert "| runtime, batch | best peer" in (tmp_path / "peers.md").read_text()
