@@ -111,3 +111,34 @@ def test_calibrated_importance_sorts_a_decoder_by_heads_ffn_and_hidden_and_keeps
         onefit.sort_(family, importance)
         with torch.no_grad():
             assert torch.allclose(family(ids).logits, model(ids).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [lambda ps: torch.optim.Adam(ps, lr=1e-2),
+                                  lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9)])
+def test_sorting_with_the_optimizer_commutes_with_training(make):
+    """Sort mid-training with the optimizer's state moved along: the next steps give the same
+    network as if nothing had been sorted; the optimizer's state left behind would not."""
+    import copy
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    family = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(1, 1)), (x[:1],))
+
+    def steps(family, optimizer, n):
+        for _ in range(n):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(family(x), y).backward()
+            optimizer.step()
+
+    optimizer = make(family.parameters())
+    steps(family, optimizer, 3)
+    outputs = {}
+    for how in ("unsorted", "sorted with state", "sorted without"):
+        twin = copy.deepcopy((family, optimizer))
+        if how != "unsorted":
+            onefit.sort_(twin[0], optimizer=twin[1] if how == "sorted with state" else None)
+        steps(*twin, 3)
+        with torch.no_grad():
+            outputs[how] = twin[0].eval()(x)
+    assert torch.allclose(outputs["sorted with state"], outputs["unsorted"], atol=1e-4)
+    assert not torch.allclose(outputs["sorted without"], outputs["unsorted"], atol=1e-4)

@@ -49,12 +49,14 @@ class L1Importance:
         return total
 
 
-def sort_(family, importance: Importance | None = None):
+def sort_(family, importance: Importance | None = None, optimizer: torch.optim.Optimizer | None = None):
     """Sort every group of ``family`` with a dimension in its space (width, heads, hidden size, key/value
-    groups) in place, most important first."""
+    groups) in place, most important first. ``optimizer``: its per-parameter state (Adam's moments,
+    SGD's momentum) is reordered with the weights, so training goes on as if nothing moved."""
     importance = importance or L1Importance()
     module, plan = family.module, family.plan
     measured = importance.measure(family) if hasattr(importance, "measure") else {}
+    orders = []
     with torch.no_grad():
         for gid, group in plan.groups.items():
             if not group.elastic or group.name not in family.space.names:  # no dimension: no prefix to rank for
@@ -67,7 +69,34 @@ def sort_(family, importance: Importance | None = None):
             blocks = torch.argsort(scores.view(-1, m).sum(1), descending=True, stable=True)
             order = (blocks[:, None] * m + torch.arange(m)).flatten()
             _permute_group(module, plan, gid, order)
+            orders.append((gid, order))
+        if optimizer is not None:
+            _permute_state(module, plan, optimizer, orders)
     return family
+
+
+def _permute_state(module: nn.Module, plan: Plan, optimizer: torch.optim.Optimizer, orders: list) -> None:
+    """Replay the permutations on each kind of per-parameter optimizer state: every parameter with
+    that state holds it in place of its weights for the replay; the rest of the module (weights
+    without it, norm statistics) is put back as it was."""
+    params = list(module.parameters())
+    keys = {k for p in params for k, v in optimizer.state.get(p, {}).items()
+            if isinstance(v, torch.Tensor) and v.shape == p.shape}
+    for key in sorted(keys):
+        saved = {n: t.clone() for n, t in module.state_dict(keep_vars=True).items()}
+        held = [p for p in params if isinstance(optimizer.state.get(p, {}).get(key), torch.Tensor)
+                and optimizer.state[p][key].shape == p.shape]
+        weights = {p: p.data for p in held}
+        for p in held:
+            p.data = optimizer.state[p][key]
+        for gid, order in orders:
+            _permute_group(module, plan, gid, order)
+        for p in held:
+            p.data = weights[p]
+        held_ids = {id(p) for p in held}
+        for name, t in module.state_dict(keep_vars=True).items():
+            if id(t) not in held_ids:  # permuted twice otherwise
+                t.data.copy_(saved[name])
 
 
 def _permute_parts(m: nn.Module, layer, parts: torch.Tensor) -> None:

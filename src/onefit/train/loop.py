@@ -59,8 +59,9 @@ def train(
     ``recipe.step``, ``epochs`` passes over ``data`` of ``task`` batches (classification by default).
 
     The optimizer is the recipe's (``recipe.prepare``) or Adam at 3e-3; with ``cosine`` its
-    learning rate decays to zero along a cosine over the whole run, set from the step's position
-    so a resumed run follows the same schedule. ``gradient_noise`` = eta adds annealed Gaussian
+    learning rate decays to zero along a cosine over the whole run (or over each phase of a recipe
+    in phases: ``recipe.cosine_span``), set from the step's position so a resumed run follows the
+    same schedule. ``gradient_noise`` = eta adds annealed Gaussian
     noise of variance eta / (1 + t)^0.55 to every gradient before each step (Neelakantan et al.
     2015). With ``checkpoint`` (families only), the family, the optimizer, the position, every
     random state (the recipe's ``rng``, the loader's generator, torch's, numpy's, Python's, the
@@ -135,7 +136,7 @@ def train(
                 if group is not None:
                     batch = distributed.shard(batch, group.rank, group.world)
                 if cosine:
-                    set_cosine_lr(optimizer, epoch * n + i, epochs * n)
+                    set_cosine_lr(optimizer, *recipe.cosine_span(target, epoch * n + i, epochs * n))
                 losses.append(recipe.step(target, batch, stepper, teacher=teacher, task=task))
                 bar.update(job, advance=1, description=f"epoch {epoch + 1}/{epochs} loss {losses[-1]['loss_largest']:.3f}")
             largest, mean = (sum(l[k] for l in losses) / max(len(losses), 1) for k in ("loss_largest", "loss_mean"))

@@ -3,9 +3,10 @@ first, then release the dimensions in phases (kernel, then depth, then width, th
 where the family has them), each phase sampling only what has been released so far (the rest
 at its largest), with in-place distillation from the full network (SortedNet's nested step).
 As in Once-for-All, the phase that releases the widths (or heads) begins by sorting the channels
-by importance (``onefit.importance.sort_``, L1), so the narrow sub-models start from the channels
-the trained network relies on most; the optimizer's state (kept per channel) is reset there, as
-Once-for-All begins each phase with a fresh optimizer.
+by importance (``onefit.importance.sort_``, L1; the optimizer's per-channel state reordered with
+them), so the narrow sub-models start from the channels the trained network relies on most, and
+the loop's cosine learning rate starts again at each phase (``cosine_span``), as each phase is a
+run of its own in Once-for-All.
 
 >>> import torch, onefit
 >>> family = onefit.elasticize(onefit.zoo.resnet(widths=(8, 16), blocks=(2, 2)), (torch.randn(1, 1, 8, 8),))
@@ -44,6 +45,7 @@ class ProgressiveShrinkingConfig(SortedNetConfig):
     phases: tuple[tuple[str, ...], ...] | None = None
     phase_steps: int | tuple[int, ...] = 100
     sort_width: bool = True  # sort the channels by importance when the widths are released
+    restart_lr: bool = True  # the loop's cosine schedule restarts at each phase, as each is its own run in OFA
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,15 +96,26 @@ class ProgressiveShrinkingRecipe(Recipe):
 
     def released(self, family, step: int) -> tuple[str, ...]:
         """The kinds sampled at ``step``: those of every phase begun by then."""
+        return tuple(k for phase in self.schedule(family)[: self._phase(family, step)[0] + 1] for k in phase)
+
+    def _phase(self, family, step: int) -> tuple[int, int, int | None]:
+        """(index, first step, length or None for the last) of the phase ``step`` lies in."""
         phases, lengths = self.schedule(family), self.config.phase_steps
         lengths = [lengths] * len(phases) if isinstance(lengths, int) else list(lengths)
-        kinds, start = [], 0
-        for phase, length in zip(phases, lengths + [None] * len(phases)):
-            kinds += phase
+        lengths = (lengths + [None] * len(phases))[: len(phases) - 1] + [None]  # None: runs to the end
+        start = 0
+        for index, length in enumerate(lengths):
             if length is None or step < start + length:
-                break
+                return index, start, length
             start += length
-        return tuple(kinds)
+        raise AssertionError("unreachable: the last phase has no end")
+
+    def cosine_span(self, family, step: int, total: int) -> tuple[int, int]:
+        """With ``restart_lr``: the position in the phase and its length (the last phase's: to ``total``)."""
+        if not self.config.restart_lr:
+            return step, total
+        _, start, length = self._phase(family, step)
+        return step - start, max(1, length if length is not None else total - start)
 
     def step(self, family, batch, optimizer: torch.optim.Optimizer, teacher: torch.nn.Module | None = None,
              task: Task | None = None) -> dict:
@@ -110,9 +123,8 @@ class ProgressiveShrinkingRecipe(Recipe):
         released = self.released(family, self.steps)
         if self.config.sort_width and self.steps > 0:
             new = set(released) - set(self.released(family, self.steps - 1))
-            if new & SORTED_KINDS:
-                sort_(family)  # reorders weights, norm statistics and consumers' inputs alike
-                optimizer.state.clear()  # its moments are per channel, in the old order
+            if new & SORTED_KINDS:  # weights, norm statistics, consumers' inputs and optimizer state alike
+                sort_(family, optimizer=optimizer)
         optimizer.zero_grad(set_to_none=True)
         if released:
             part = Space([d if d.kind in released else Dimension(d.name, d.kind, (d.choices[-1],)) for d in family.space])

@@ -10,7 +10,9 @@ the loop checkpoints, and:
 - ``state_dict()`` / ``load_state_dict(state)``: what a resumed run needs besides ``rng``;
 - ``prepare(target) -> optimizer | None``: what the loop calls when no optimizer is given
   (None: Adam at 3e-3 over every parameter); ``train_mode``: the mode the target trains in;
-  ``trains``: ``"family"`` (the default) or ``"module"`` (a plain module, e.g. an extracted one).
+  ``trains``: ``"family"`` (the default) or ``"module"`` (a plain module, e.g. an extracted one);
+- ``cosine_span(target, step, total) -> (position, length)``: where ``step`` lies in the cosine
+  the loop's schedule follows (the whole run by default; a recipe in phases restarts it per phase).
 
 ``onefit.train`` is the one loop over any recipe; ``tests/test_recipe_contract.py`` runs every
 registered recipe through the same checks.
@@ -72,6 +74,9 @@ class Recipe:
 
     def prepare(self, target: nn.Module) -> torch.optim.Optimizer | None:
         return None
+
+    def cosine_span(self, target, step: int, total: int) -> tuple[int, int]:
+        return step, total
 
     def step(self, target, batch, optimizer: torch.optim.Optimizer, *, task=None, teacher=None) -> dict:
         raise NotImplementedError
