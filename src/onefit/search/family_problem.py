@@ -115,23 +115,22 @@ def _measured_latency(family, batch: int) -> Metric:
 
     examples = tuple(x.repeat(batch, *[1] * (x.dim() - 1)) for x in family.example_inputs)
     measured: list[tuple[Arch, float]] = []
-    key = f"onnxruntime-b{batch}"
-    fitted: list = []  # the model this search fitted (a saved one may come from another machine)
+    model = None  # the latency model this search fitted (a saved one may come from another machine)
 
     def estimate(arch: Arch) -> tuple[float, float] | None:
-        if not fitted:
+        if model is None:
             return None
-        model = fitted[-1]
         return model.predict(family, arch), max(PREDICTION_MARGIN, 3 * model.fit_error["mape"])
 
     def latency(arch: Arch) -> float:
+        nonlocal model
         ms = measure_latency(family.extract(arch).eval(), examples, repeats=20, warmup=5).median_ms
         measured.append((arch, ms))
         n = len(measured)
         if n >= len(FEATURES) + 2 and (n - len(FEATURES) - 2) % REFIT_EVERY == 0:
             archs, times = zip(*measured)
-            fitted.append(LatencyModel.fit(family, archs, times, backend="onnxruntime", batch=batch))
-            family.latency_models[key] = fitted[-1]
+            model = LatencyModel.fit(family, archs, times, backend="onnxruntime", batch=batch)
+            family.latency_models[f"onnxruntime-b{batch}"] = model
         return ms
 
     return Metric(latency, estimate=estimate)
