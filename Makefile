@@ -21,9 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the longest benchmark smoke runs (about 7 minutes, peers.py's 5 of them), kept out of make test's 10 minutes
+# the tests marked bench (the longer benchmark smoke runs, SmolLM2, the MiniLM example config; about
+# 10 minutes, peers.py's 5 of them), kept out of make test's 10 minutes
 bench-smoke: $(STAMP)
-	$(PY) -m pytest -q -m bench tests/test_bench_smoke.py
+	$(PY) -m pytest -q -m bench
 
 bench: bench-smoke
 	$(PY) bench/nested_vs_individual.py

@@ -20,6 +20,7 @@ def test_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     assert "| (b) alone | (c) truncated |" in (tmp_path / "nested_vs_individual.md").read_text()
 
 
+@pytest.mark.bench
 def test_latency_benchmark_quick_run_writes_json_and_markdown(tmp_path, monkeypatch):
     import latency
 
@@ -31,6 +32,7 @@ def test_latency_benchmark_quick_run_writes_json_and_markdown(tmp_path, monkeypa
     assert "ORT fp32 speed-up over eager" in (tmp_path / "latency.md").read_text()
 
 
+@pytest.mark.bench
 def test_search_benchmarks_quick_runs_write_json_markdown_and_plot(tmp_path):
     import joint_precision
     import search_efficiency
@@ -76,6 +78,7 @@ def test_predictor_quality_benchmark_quick_run_writes_json_and_markdown(tmp_path
     assert "| forest |" in (tmp_path / "predictor_quality.md").read_text()
 
 
+@pytest.mark.bench
 def test_gradient_noise_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     import gradient_noise
 
@@ -86,6 +89,7 @@ def test_gradient_noise_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     assert "| eta |" in markdown and saved["command"].startswith("python bench/gradient_noise.py")
 
 
+@pytest.mark.bench
 def test_kernel_and_progressive_distillation_benchmarks_quick_runs(tmp_path):
     import kernel
     import progressive_distillation
@@ -98,6 +102,7 @@ def test_kernel_and_progressive_distillation_benchmarks_quick_runs(tmp_path):
     assert saved["runs"] and "| k | students |" in (tmp_path / "progressive_distillation.md").read_text()
 
 
+@pytest.mark.bench
 def test_the_example_configs_benchmark_quick_run_writes_json_and_markdown(tmp_path):
     import run_examples
 

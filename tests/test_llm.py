@@ -27,6 +27,7 @@ def smollm2():
 
 
 @needs_llm
+@pytest.mark.bench  # loading SmolLM2 takes half a minute: make bench-smoke
 def test_smollm2_loads_as_a_llama_and_knows_the_capital_of_france(smollm2):
     model, tokenizer = smollm2
     assert type(model).__name__ == "LlamaForCausalLM" and model.lm_head.weight is model.model.embed_tokens.weight
@@ -38,6 +39,7 @@ def test_smollm2_loads_as_a_llama_and_knows_the_capital_of_france(smollm2):
 
 
 @needs_llm
+@pytest.mark.bench  # loading SmolLM2 takes half a minute: make bench-smoke
 def test_the_reference_packs_into_blocks_by_topic_and_short_or_foreign_text_is_refused(smollm2):
     _, tokenizer = smollm2
     train, test = reference_topics()
@@ -51,6 +53,7 @@ def test_the_reference_packs_into_blocks_by_topic_and_short_or_foreign_text_is_r
 
 
 @needs_llm
+@pytest.mark.bench  # loading SmolLM2 takes half a minute: make bench-smoke
 def test_a_smollm2_family_learns_the_originals_next_token_distributions_in_a_few_steps(smollm2):
     model, tokenizer = smollm2
     blocks = token_blocks(reference_topics()[1][:3], tokenizer, 32)[:2]  # (2, 32)

