@@ -8,8 +8,8 @@ Every model is evaluated after its batch-norm statistics are re-estimated on 20 
   (a')   the same with labels only (no distillation)
   (a'')  the family trained with Once-for-All progressive shrinking at the same number of steps
          and the same sandwich (the full network alone, then each dimension kind released in
-         turn, the channels sorted by importance when the widths are, in-place distillation), the
-         steps split evenly over its phases
+         turn, the cosine learning rate restarted at each, the channels sorted by importance when
+         the widths are released, in-place distillation), the steps split evenly over its phases
   (d)    as (a), distilled from the full model trained normally (an external teacher) instead
          of in place
   (b)    each sub-model's architecture trained alone, fresh init, same epochs, optimizer and
