@@ -488,3 +488,38 @@ def test_the_run_exports_archs_that_differ_only_in_the_shared_bits_once(tmp_path
     picks = chosen(job, SimpleNamespace(path=tmp_path), family)
     assert [p["arch"] for p in picks] == [{**small, "bits": 32}, {**large, "bits": 32}]
     assert [p["name"] for p in picks] == ["m00", "m01"] and picks[0]["chosen_for"] == ["front", "front"]
+
+
+
+def test_openvino_int8_quantizes_a_transformer_with_nncf_s_transformer_scheme(tmp_path, monkeypatch):
+    """NNCF's default scheme moved the real MiniLM's embeddings to cosine 0.24 on OpenVINO (its
+    transformer scheme: 0.997, bench/results/peers_minilm.md); a model with attention gets the
+    transformer scheme, a CNN the default, and the file still passes its parity check."""
+    pytest.importorskip("openvino", reason="OpenVINO does not install here (pip install 'onefit[openvino]')")
+    transformers = pytest.importorskip("transformers")
+    import nncf
+
+    from onefit.runtimes import runtime
+    from onefit.tasks.distillation import DistillationTask
+    from onefit.zoo.minilm import SentenceEmbedder
+
+    schemes, quantize = [], nncf.quantize
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: schemes.append(k.get("model_type")) or quantize(*a, **k))
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = SentenceEmbedder(transformers.BertModel(config)).eval()
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n):  # sentences of 4 to 16 tokens, padded to 16
+        lengths = torch.randint(4, 17, (n,), generator=g)
+        return (torch.randint(1, 100, (n, 16), generator=g), (torch.arange(16) < lengths[:, None]).long())
+
+    openvino = runtime("openvino")
+    built = openvino.build(model, tmp_path / "bert", "int8", examples=batch(2), calibration=[batch(8) for _ in range(4)],
+                           eval_data=[batch(8)], reduce_range=False, task=DistillationTask(model, "cosine", n_inputs=2))
+    assert built.method == "nncf-ptq" and built.cosine >= 0.98 and built.metric["onnx"] > 0.98
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    cnn(X[:1])
+    openvino.build(cnn.eval(), tmp_path / "cnn", "int8", examples=(X[:4],), calibration=[X], reduce_range=False)
+    assert schemes == [nncf.ModelType.TRANSFORMER, None]

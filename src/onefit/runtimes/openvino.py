@@ -1,6 +1,6 @@
 """OpenVINO (the optional extra ``onefit[openvino]``): fp32 by converting the verified ONNX file
 to OpenVINO's IR (``.xml`` + ``.bin``); int8 by NNCF's post-training quantization of that model on
-the calibration batches, or, for a sub-model trained at 8 bits (one that fake-quantizes its
+the calibration batches (its transformer scheme where the model has attention), or, for a sub-model trained at 8 bits (one that fake-quantizes its
 layers' inputs: ``ElasticConfig(activation_bits=8)``), by converting its verified int8 QDQ file,
 which carries the ranges the family trained (``onefit.export``), so OpenVINO rounds as the family
 did. Each is checked against PyTorch on inputs other than the example, run at fp32 inference
@@ -91,7 +91,13 @@ class OpenVINO(Runtime):
 
         batches = list(islice(calibration, 300))
         dataset = nncf.Dataset(batches, lambda batch: _numpy(batch, n_inputs))
-        return nncf.quantize(model, dataset, subset_size=len(batches))  # NNCF counts the dataset's items: batches
+        # NNCF's transformer scheme for a model with attention (a Softmax): it keeps the attention
+        # scores, the mask's addition and the normalisations in float and smooths the activations'
+        # outliers into the weights; its default scheme quantizes an attention mask of -3e38 and
+        # moved MiniLM's embeddings to cosine 0.24
+        transformer = any(op.get_type_name() == "Softmax" for op in model.get_ops())
+        return nncf.quantize(model, dataset, subset_size=len(batches),  # NNCF counts the dataset's items: batches
+                             **({"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}))
 
     def session(self, path: Path, threads: int | None = None):
         import openvino as ov
