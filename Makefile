@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # the tests marked bench (the longer benchmark smoke runs, SmolLM2, the MiniLM example config; about
-# 10 minutes, peers.py's 5 of them), kept out of make test's 10 minutes
+# 17 minutes, peers.py's 12 of them), kept out of make test's 10 minutes
 bench-smoke: $(STAMP)
 	$(PY) -m pytest -q -m bench
 
