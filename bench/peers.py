@@ -329,9 +329,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def summarize(rows: list[dict], setup: Setup, peers_seconds: float, onefit_seconds: float) -> dict:
-    base = next(r for r in rows if r["model"] == "teacher" and r["pipeline"] == "ONNX Runtime fp32")
     import onefit
 
+    base = next(r for r in rows if r["model"] == "teacher" and r["pipeline"] == "ONNX Runtime fp32")
     teacher_validation = onefit.evaluate(setup.teacher, setup.val, setup.task)
     for r in rows:
         if "ms" in r:
@@ -349,11 +349,11 @@ def summarize(rows: list[dict], setup: Setup, peers_seconds: float, onefit_secon
             peer = min(peers, key=lambda r: r["ms"][batch], default=None)
             pick = min(eligible, key=lambda r: r["ms"][batch], default=None)
             ratio = peer and pick and peer["ms"][batch] / pick["ms"][batch]
+            target = 2.0 if batch == 64 else 1.5
             targets[f"{runtime} b={batch}"] = {
                 "best_peer": peer and {k: peer[k] for k in ("model", "pipeline", "accuracy", "drop", "ms")},
                 "onefit": pick and {k: pick[k] for k in ("model", "pipeline", "accuracy", "drop", "ms", "passes")},
-                "ratio": ratio, "target": 2.0 if batch == 64 else 1.5,
-                "met": bool(ratio and ratio >= (2.0 if batch == 64 else 1.5) and pick["passes"])}
+                "ratio": ratio, "target": target, "met": bool(ratio and ratio >= target and pick["passes"])}
     params = sum(p.numel() for p in setup.teacher.parameters())
     return {"rows": rows, "targets": targets, "title": setup.title, "metric": setup.metric, "bar": setup.bar,
             "teacher_validation": teacher_validation, "teacher_params": params,

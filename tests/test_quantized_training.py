@@ -492,9 +492,10 @@ def test_the_run_exports_archs_that_differ_only_in_the_shared_bits_once(tmp_path
 
 
 def test_openvino_int8_quantizes_a_transformer_with_nncf_s_transformer_scheme(tmp_path, monkeypatch):
-    """NNCF's default scheme moved a MiniLM sub-model's embeddings to cosine 0.24 of its PyTorch self
-    on OpenVINO (the transformer scheme keeps the original at 0.997, bench/results/peers_minilm.md); a model with attention gets the
-    transformer scheme, a CNN the default, and the file still passes its parity check."""
+    """NNCF's default scheme moved a MiniLM sub-model's embeddings to cosine 0.24 of its PyTorch
+    self on OpenVINO (the transformer scheme keeps the original at 0.997,
+    bench/results/peers_minilm.md); a model with attention gets the transformer scheme, a CNN the
+    default, and the file still passes its parity check."""
     pytest.importorskip("openvino", reason="OpenVINO does not install here (pip install 'onefit[openvino]')")
     transformers = pytest.importorskip("transformers")
     import nncf
