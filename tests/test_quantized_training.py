@@ -524,3 +524,109 @@ def test_openvino_int8_quantizes_a_transformer_with_nncf_s_transformer_scheme(tm
     cnn(X[:1])
     openvino.build(cnn.eval(), tmp_path / "cnn", "int8", examples=(X[:4],), calibration=[X], reduce_range=False)
     assert schemes == [nncf.ModelType.TRANSFORMER, None]
+
+
+# -- 8-bit weights on ONNX Runtime's reduced range (ElasticConfig reduce_range) -------------------------
+def _levels(weight: torch.Tensor, qmax: int) -> torch.Tensor:
+    """``weight`` (output channels first) in units of its per-channel scale ``max|w| / qmax``."""
+    flat = weight.detach().flatten(1)
+    return flat / (flat.abs().amax(1, keepdim=True) / qmax)
+
+
+def _file_weights(path) -> list[torch.Tensor]:
+    """The dequantized int8 weights of an ONNX QDQ file."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    weights = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in values and values[node.input[0]].dtype.kind == "i":
+            q, scale = (torch.tensor(values[node.input[0]].astype("float32")),
+                        torch.tensor(values[node.input[1]].astype("float32")))
+            weights.append(q * scale.reshape(-1, *[1] * (q.dim() - 1)) if scale.dim() else q * scale)
+    return weights
+
+
+def test_reduced_range_8_bit_weights_train_on_the_levels_onnx_runtime_s_int8_file_holds(tmp_path):
+    pytest.importorskip("onnxruntime")
+    arch = lambda family: {**family.space.max(), "bits": 8}
+    reduced = calibrate_(shared_bits_family(reduce_range=True).eval(), [X])
+    full = calibrate_(shared_bits_family().eval(), [X])
+    for family, qmax in ((reduced, 64), (full, 127)):
+        sub = family.extract(arch(family))
+        for layer in (m for m in sub.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))):
+            levels = _levels(layer.weight, qmax)
+            assert torch.allclose(levels, levels.round(), atol=1e-4)
+            assert levels.abs().amax(1).round().eq(qmax).all()  # every channel reaches its largest level
+        with torch.no_grad(), family.activate(arch(family)):  # training rounds as extraction bakes
+            assert torch.allclose(family(X), sub(X), atol=1e-5)
+    files = {}
+    for name, family in (("reduced", reduced), ("full", full)):
+        sub = family.extract(arch(family))
+        report = onefit.export(sub, tmp_path / f"{name}.onnx", (X[:4],), quantize="int8", calibration=[X],
+                               reduce_range=True)
+        baked = [layer.weight.detach() for layer in sub.modules() if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))]
+        stored = _file_weights(tmp_path / f"{name}.onnx")
+        files[name] = (report, sum(any(w.shape == s.shape and torch.allclose(w, s, atol=1e-6) for s in stored)
+                                   for w in baked), len(baked))
+    report, same, count = files["reduced"]
+    assert same == count and report.cosine >= 0.999  # the file holds the weights the family trained
+    assert files["full"][1] < files["full"][2]  # a full-range family's weights are rounded once more
+
+
+def test_reduced_range_weights_pack_and_unpack_exactly():
+    family = shared_bits_family(reduce_range=True, activation_bits=None)
+    arch = {**family.space.max(), "bits": 8}
+    sub = family.extract(arch).eval()
+    weights = packed.pack(sub, family.bits(arch))
+    assert {layer.qmax for layer in weights.layers.values()} == {64}
+    rebuilt = packed.unpack_(family.extract(family.space.max()).eval(), weights)
+    for (name, a), b in zip(rebuilt.named_parameters(), sub.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_reduce_range_refuses_what_it_cannot_mean():
+    with pytest.raises(ValueError, match="reduce_range: true or false, got 'yes'"):
+        onefit.ElasticConfig(bits=(8,), reduce_range="yes")
+    with pytest.raises(ValueError, match="reduce_range: sets the range of 8-bit weights, and no layer offers 8 bits"):
+        onefit.ElasticConfig(bits=(4,), reduce_range=True)
+    assert onefit.ElasticConfig(bits_layers={"fc": (8,)}, reduce_range=True).weight_bits() == {8, 32}
+
+
+def test_the_run_trains_8_bit_weights_on_the_range_of_this_cpu_unless_told(monkeypatch):
+    from onefit.run import parse_config
+    from onefit.runtimes import cpu
+
+    base = {"model": {"zoo": "mlp"}, "data": {"bundled": "digits"}}
+    for reduced in (True, False):
+        monkeypatch.setattr(cpu, "int8_weights", lambda flags=None, reduced=reduced: (reduced, "why"))
+        auto = parse_config({**base, "elastic": {"bits": [8, 32]}})
+        assert auto.elastic.elastic_config().reduce_range is reduced
+        assert "reduce_range" not in auto.to_json()["elastic"]  # auto is the default, and not recorded
+        fixed = parse_config({**base, "elastic": {"bits": [8, 32], "reduce_range": not reduced}})
+        assert fixed.elastic.elastic_config().reduce_range is (not reduced)
+    assert parse_config({**base, "elastic": {"bits": [4, 32]}}).elastic.elastic_config().reduce_range is False
+
+
+def test_the_int8_files_say_which_range_and_keep_the_one_the_family_trained_on(tmp_path):
+    from onefit.run.exported import int8_range
+    from onefit.saved import restore_
+
+    vnni, avx2 = {"avx2", "avx512_vnni"}, {"avx2"}
+    reduced, full = calibrate_(shared_bits_family(reduce_range=True).eval(), [X]), shared_bits_family()
+    assert int8_range(reduced, vnni) == (True, "8-bit weights on ONNX Runtime's reduced range (-64..64): the "
+                                               "family trained them on it (elastic.reduce_range)")
+    assert int8_range(full, vnni)[0] is False and "round them again" not in int8_range(full, vnni)[1]
+    assert int8_range(full, avx2)[0] is True and "round them again" in int8_range(full, avx2)[1]
+    reduced.save(tmp_path / "reduced")  # resumed where "auto" resolves the other way: the trained range wins
+    restored = restore_(shared_bits_family().eval(), tmp_path / "reduced")
+    assert restored.config.reduce_range is True
+    assert all(m.reduce_range for m in restored.module.modules() if hasattr(m, "reduce_range"))
+    with torch.no_grad():
+        arch = {**reduced.space.max(), "bits": 8}
+        with reduced.activate(arch):
+            expected = reduced(X)
+        with restored.activate(arch):
+            assert torch.equal(restored(X), expected)

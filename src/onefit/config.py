@@ -82,6 +82,10 @@ class ElasticConfig:
     activation_bits: None quantizes weights only; a bit-width (2 to 8) also fake-quantizes the
     input of every layer whose weights run below 32 bits, per tensor over a calibrated range
     (``onefit.elastic.quant.calibrate_``).
+    reduce_range: 8-bit weights on ONNX Runtime's reduced range (levels -64..64, ``scale = max|w| /
+    64``), the range of the int8 files it makes for x86 CPUs without VNNI
+    (``onefit.runtimes.cpu.int8_weights``), so that training at 8 bits rounds the weights as those
+    files will; False: the full range (-127..127), what CPUs with VNNI, AMX or ARM's dot product run.
     rank: fractions of the full rank min(out, in * kernel) of every Linear and plain convolution,
     each factorized as U V (``onefit.elastic.lowrank``) with its own ``rank:<layer>`` dimension; the
     full rank is always a choice; a layer whose smallest rank saves no parameters stays dense (the
@@ -112,6 +116,7 @@ class ElasticConfig:
     bits_layers: tuple[tuple[str, tuple[int, ...]], ...] = ()
     activation_bits: int | None = None
     bits_shared: bool = False
+    reduce_range: bool = False
     rank: tuple[float, ...] | None = None
     rank_layers: tuple[tuple[str, tuple[float, ...]], ...] = ()
     kernel: tuple[int, ...] | None = None
@@ -153,6 +158,11 @@ class ElasticConfig:
         object.__setattr__(self, "kernel_layers", tuple(str(p) for p in self.kernel_layers))
         if self.activation_bits is not None:
             self._check_activation_bits()
+        if not isinstance(self.reduce_range, bool):
+            raise ValueError(f"ElasticConfig.reduce_range: true or false, got {self.reduce_range!r}")
+        if self.reduce_range and 8 not in self.weight_bits():
+            raise ValueError("ElasticConfig.reduce_range: sets the range of 8-bit weights, and no layer offers 8 bits; "
+                             "add 8 to bits or bits_layers")
         if self.bits_shared and self.bits is None and not self.bits_layers:
             raise ValueError("ElasticConfig.bits_shared: shares the bits dimension of layers with low-bit weights; "
                              "set bits or bits_layers too")
@@ -187,6 +197,10 @@ class ElasticConfig:
             return tuple(range(min_depth, blocks + 1))
         allowed = () if self.depth is False else self.depth
         return tuple(sorted({d for d in allowed if min_depth <= d <= blocks} | {blocks}))
+
+    def weight_bits(self) -> set[int]:
+        """Every weight bit-width some layer may take (32 always)."""
+        return {FULL, *(self.bits or ()), *(b for _, bits in self.bits_layers for b in bits)}
 
     def bits_choices(self, layer: str) -> tuple[int, ...]:
         """Weight bit-widths of ``layer``: its first matching override, else ``bits``; (32,) if neither."""

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from torch import nn
@@ -62,6 +63,7 @@ def restore_(family, directory):
             f"{directory}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {wrong[:5]}"
         )
+    _restore_reduce_range_(family, manifest["config"].get("reduce_range", False), directory)
     family.space = saved  # training may have dropped choices (progressive shrinking, TRP): family.restrict_
     family.module.load_state_dict(weights)
     family.source, family.history = manifest.get("source"), manifest.get("history") or []
@@ -75,3 +77,19 @@ def restore_(family, directory):
     except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{directory}: a latency model in the manifest is damaged: {err}") from err
     return family
+
+
+def _restore_reduce_range_(family, trained: object, directory) -> None:
+    """The range the 8-bit weights trained on travels with them: a run resumed on a CPU whose
+    ``reduce_range = "auto"`` resolves the other way keeps the one the weights were trained on."""
+    if not isinstance(trained, bool):
+        raise CheckpointError(f"{directory}: the manifest's reduce_range must be true or false, got {trained!r}")
+    if trained is family.config.reduce_range:
+        return
+    try:
+        family.config = dataclasses.replace(family.config, reduce_range=trained)
+    except ValueError as err:
+        raise CheckpointError(f"{directory}: the saved family's 8-bit range does not fit this one: {err}") from err
+    for module in family.module.modules():
+        if hasattr(module, "reduce_range"):  # set by the bits dimension (onefit.dims.bits)
+            module.reduce_range = trained

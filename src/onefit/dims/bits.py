@@ -64,13 +64,15 @@ class BitsKind(Kind):
         return SHARED if shared else f"bits:{name}"
 
     def finish_(self, family) -> None:
-        """With ``activation_bits``, every layer with a bits dimension gets an input quantizer."""
-        if family.config.activation_bits is None:
-            return
+        """With ``activation_bits``, every layer with a bits dimension gets an input quantizer; with
+        ``reduce_range``, its 8-bit weights take ONNX Runtime's reduced range."""
+        config = family.config
         for name in family.quantizable:
             if self._dim(family, name) in family.space.names:
                 layer = family.module.get_submodule(name)
-                layer.input_quant = ActivationQuantizer(family.config.activation_bits, name).to(layer.weight.device)
+                layer.reduce_range = config.reduce_range
+                if config.activation_bits is not None:
+                    layer.input_quant = ActivationQuantizer(config.activation_bits, name).to(layer.weight.device)
 
     def values(self, family, arch) -> dict[str, int]:
         """Bit-width of every layer with a bits dimension in ``arch``, leaving out the layers in

@@ -3,7 +3,10 @@
 Weights are quantized symmetrically per output channel: ``scale = max|w| / (2^(b-1) - 1)`` over
 the channel, ``q = clamp(round(w / scale), -(2^(b-1) - 1), 2^(b-1) - 1) * scale``. Symmetric
 b-bit weights take 2^b - 1 levels (the level -2^(b-1) is left unused so zero sits in the middle);
-at 2 bits that is {-1, 0, 1} * scale, a ternary network. 32 bits means full precision.
+at 2 bits that is {-1, 0, 1} * scale, a ternary network. 32 bits means full precision. 8-bit
+weights may instead take ONNX Runtime's reduced range (``reduce_range``: levels -64..64, ``scale =
+max|w| / 64``), the range its int8 files get on x86 CPUs without VNNI, so that a family trained at
+8 bits rounds its weights as those files will.
 The gradient passes straight through to the full-precision weight (the straight-through
 estimator, Bengio et al. 2013), so the same call serves post-training and quantization-aware
 training. An elastic layer quantizes its *active slice*, so a narrower sub-model gets its own scales.
@@ -39,9 +42,13 @@ def check_bits(bits: int, where: str = "bits") -> int:
     return int(bits)
 
 
-def _qmax(bits: int) -> int:
-    """The largest level of symmetric ``bits``-bit weights (``bits`` already checked)."""
-    return 2 ** (bits - 1) - 1
+REDUCED_QMAX = 64  # ONNX Runtime's reduced range of int8 weights: levels -64..64 (129 of them)
+
+
+def _qmax(bits: int, reduce_range: bool = False) -> int:
+    """The largest level of symmetric ``bits``-bit weights (``bits`` already checked); at 8 bits with
+    ``reduce_range``, ONNX Runtime's (its ``get_qmin_qmax_for_qType``: -64..64, not 7-bit -63..63)."""
+    return REDUCED_QMAX if reduce_range and bits == 8 else 2 ** (bits - 1) - 1
 
 
 def _scale(weight: torch.Tensor, qmax: int, axis: int) -> torch.Tensor:
@@ -50,31 +57,36 @@ def _scale(weight: torch.Tensor, qmax: int, axis: int) -> torch.Tensor:
     return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))  # an all-zero channel stays zero
 
 
-def _quantize(weight: torch.Tensor, bits: int, axis: int) -> torch.Tensor:
+def _quantize(weight: torch.Tensor, bits: int, axis: int, reduce_range: bool = False) -> torch.Tensor:
     """``quantize_values`` for a checked ``bits`` below 32."""
-    qmax = _qmax(bits)
+    qmax = _qmax(bits, reduce_range)
     scale = _scale(weight, qmax, axis)
     return torch.round(weight.detach() / scale).clamp(-qmax, qmax) * scale
 
 
-def weight_scale(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
+def weight_scale(weight: torch.Tensor, bits: int, axis: int = 0, reduce_range: bool = False) -> torch.Tensor:
     """One scale per output channel (along ``axis``), broadcastable against ``weight``."""
-    return _scale(weight, _qmax(check_bits(bits)), axis)
+    return _scale(weight, _qmax(check_bits(bits), reduce_range), axis)
 
 
-def quantize_values(weight: torch.Tensor, bits: int, axis: int = 0) -> torch.Tensor:
-    """The quantized weight, with no gradient: what an extracted layer holds."""
+def quantize_values(weight: torch.Tensor, bits: int, axis: int = 0, reduce_range: bool = False) -> torch.Tensor:
+    """The quantized weight, with no gradient: what an extracted layer holds.
+
+    >>> quantize_values(torch.tensor([[1.0, 0.5, 0.26]]), 8, reduce_range=True) * 64  # levels of 1/64
+    tensor([[64., 32., 17.]])
+    """
     if check_bits(bits) == FULL:
         return weight.detach()
-    return _quantize(weight, bits, axis)
+    return _quantize(weight, bits, axis, reduce_range)
 
 
-def fake_quantize_weight(weight: torch.Tensor, bits: int | None, axis: int = 0) -> torch.Tensor:
+def fake_quantize_weight(weight: torch.Tensor, bits: int | None, axis: int = 0,
+                         reduce_range: bool = False) -> torch.Tensor:
     """Forward: the quantized weight, exactly. Backward: the identity to ``weight`` (STE)."""
     if bits is None or check_bits(bits) == FULL:
         return weight
     # weight - weight.detach() is exactly 0 forward and carries the gradient 1 backward.
-    return _quantize(weight, bits, axis) + (weight - weight.detach())
+    return _quantize(weight, bits, axis, reduce_range) + (weight - weight.detach())
 
 
 class ActivationQuantizer(nn.Module):
@@ -141,12 +153,15 @@ def fake_quantize(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor, axis:
 
     Its input quantizer, if it has one, observes the input whenever observing is on, so that the
     full-precision model can be calibrated, and quantizes it only when the weights are quantized.
+    The layer's ``reduce_range`` (set by ``ElasticConfig(reduce_range=True)``) picks the 8-bit range.
     """
     quantized = layer.active_bits is not None and layer.active_bits != FULL
     inputs = getattr(layer, "input_quant", None)  # a submodule, so not a class attribute
     if inputs is not None:
         x = inputs(x, quantize=quantized)
-    return x, fake_quantize_weight(weight, layer.active_bits, axis) if quantized else weight
+    if not quantized:
+        return x, weight
+    return x, fake_quantize_weight(weight, layer.active_bits, axis, getattr(layer, "reduce_range", False))
 
 
 WRAPPED = "layer"  # the attribute under which _QuantizedInput holds its layer (ONNX scopes end in it)
@@ -201,7 +216,8 @@ def quantize_plain(plain: nn.Module, elastic: nn.Module, bits: int) -> nn.Module
     if check_bits(bits) == FULL:
         return plain
     with torch.no_grad():
-        plain.weight.copy_(quantize_values(plain.weight, bits, getattr(elastic, "out_axis", 0)))
+        plain.weight.copy_(quantize_values(plain.weight, bits, getattr(elastic, "out_axis", 0),
+                                           getattr(elastic, "reduce_range", False)))
     inputs = getattr(elastic, "input_quant", None)
     if inputs is None:
         return plain

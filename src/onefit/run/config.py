@@ -17,6 +17,7 @@ onefit.run.config.ConfigError: the config is not valid:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import tomllib
 from pathlib import Path
@@ -141,20 +142,25 @@ class ElasticSection(_Section):
     by ``importance``: the weights' L1 norm (``l1``), activations (``activation``, Minitron) or
     first-order Taylor scores (``taylor``) on the calibration data; ``order_depth``: rank a
     transformer's layers by block importance on the calibration data, so a shallower sub-model
-    drops the least important layers, not the last ones."""
+    drops the least important layers, not the last ones; ``reduce_range``: ``auto`` (the default)
+    trains 8-bit weights on the range the int8 files of this CPU get (ONNX Runtime's reduced range
+    without VNNI, ``onefit.runtimes.cpu.int8_weights``), true or false fixes it (to train here for
+    another CPU)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     sort: bool = True
     importance: Literal["l1", "activation", "taylor"] = "l1"
     order_depth: bool = False
+    reduce_range: bool | Literal["auto"] = "auto"
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
         data = handler(self)
         if not data.get("order_depth"):  # off and unset are one config: run folders made before it stay valid
             data.pop("order_depth", None)
-        if data.get("importance") == "l1":
-            data.pop("importance", None)
+        for key, default in (("importance", "l1"), ("reduce_range", "auto")):
+            if data.get(key) == default:
+                data.pop(key, None)
         return data
 
     @model_validator(mode="after")
@@ -170,7 +176,14 @@ class ElasticSection(_Section):
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"{unknown[0]}: {_unknown(unknown[0], sorted(known | {'sort', 'importance', 'order_depth'}))}")
-        return ElasticConfig(**fields)
+        if self.reduce_range != "auto":
+            return ElasticConfig(**fields, reduce_range=self.reduce_range)
+        config = ElasticConfig(**fields)
+        if 8 not in config.weight_bits():
+            return config
+        from onefit.runtimes.cpu import int8_weights
+
+        return dataclasses.replace(config, reduce_range=int8_weights()[0])
 
 
 class TrainSection(_Section):

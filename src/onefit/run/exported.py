@@ -94,7 +94,6 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
     from onefit.cost import costs
     from onefit.export import ExportError
     from onefit.runtimes import runtime
-    from onefit.runtimes.cpu import int8_weights
     from onefit.train.bn import recalibrate_bn
 
     arch, targets = pick["arch"], job.config.targets
@@ -110,7 +109,7 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
     module = sub_model()[1]
     examples = job.example_inputs
     threads = targets.threads or torch.get_num_threads()
-    reduce_range, _ = int8_weights()
+    reduce_range, _ = int8_range(family)
     entry = {**pick, **costs(family, arch), "files": [], "latency": [], "left_out": []}
     for name in targets.runtimes:
         if name == "streaming":  # the sub-model one frame at a time: per-step cost and latency
@@ -150,6 +149,29 @@ def export_one(job: Job, family, pick: dict, models: Path) -> dict:
                 entry["latency"].append({"runtime": name, "precision": precision, **latency.to_json()})
     entry["faster"] = faster_precision(entry["latency"])
     return entry
+
+
+def int8_range(family, flags: set[str] | None = None) -> tuple[bool, str]:
+    """``(reduce_range, why)`` of the int8 files of ``family``'s sub-models: ONNX Runtime's reduced
+    weight range where the family trained its 8-bit weights on it, else the range this CPU (or one
+    with ``flags``) runs safely, and a word when that re-rounds weights the family trained at 8 bits.
+
+    >>> import torch, onefit
+    >>> config = onefit.ElasticConfig(width=(1.0,), depth=False, bits=(8,), bits_shared=True)
+    >>> family = onefit.elasticize(onefit.zoo.mlp(hidden=8, layers=1), (torch.randn(1, 1, 8, 8),), config)
+    >>> int8_range(family, {"avx2"})[1].split(";")[1]
+    ' the family trained its 8-bit weights on the full range, so these files round them again (elastic.reduce_range = true trains them as they run)'
+    """
+    from onefit.runtimes.cpu import int8_weights
+
+    if family.config.reduce_range:
+        return True, ("8-bit weights on ONNX Runtime's reduced range (-64..64): the family trained them on it "
+                      "(elastic.reduce_range)")
+    reduce_range, why = int8_weights(flags)
+    if reduce_range and 8 in family.config.weight_bits():
+        why += ("; the family trained its 8-bit weights on the full range, so these files round them again "
+                "(elastic.reduce_range = true trains them as they run)")
+    return reduce_range, why
 
 
 def precision_arch(family, arch: dict, precision: str) -> dict:
@@ -199,8 +221,10 @@ def export_models(job: Job, folder, family, progress: bool = True) -> list[dict]
             bar.update(task, advance=1)
     from onefit.runtimes.cpu import describe
 
+    reduce_range, why = int8_range(family)
+    cpu = {**describe(), "int8_reduce_range": reduce_range, "int8_weights": why}
     atomic_write(models / "manifest.json", json.dumps({"models": entries, "metric": job.task.metric_name,
-                                                       "cpu": describe()}, indent=1).encode())
+                                                       "cpu": cpu}, indent=1).encode())
     _record_in_study(folder, entries)
     return entries
 
