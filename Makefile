@@ -35,6 +35,7 @@ bench: bench-smoke
 	$(PY) bench/adapters.py
 	$(PY) bench/adapters.py --target-images 250 --stem adapters_250_images
 	$(PY) bench/qat_int8.py
+	$(PY) bench/qat_int8.py --reduce-range --epochs 3
 	$(PY) bench/latency.py
 	$(PY) bench/coverage.py
 	$(PY) bench/search_efficiency.py
